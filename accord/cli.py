@@ -1,0 +1,250 @@
+"""The ``accord`` command line.
+
+Every command has ``--help``. Commands print results on stdout (tables for people, ``--json`` for
+scripts) and problems on stderr with exit status 2 for bad input and 1 for a failed operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+API_CHOICES = ("salesforce", "jira", "google_calendar")
+CONTROL_ENV = "ACCORD_SANDBOX_CONTROL"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- sandbox ------------------------------------------------------------------------------------------
+def _sandbox_up(args: argparse.Namespace) -> int:
+    from sandbox.app import Sandbox, SandboxOptions
+
+    ports: dict[str, int] = {}
+    if args.port_base:
+        ports = {name: args.port_base + i for i, name in enumerate((*API_CHOICES, "control"))}
+    started = time.perf_counter()
+    sandbox = Sandbox(SandboxOptions(size=args.size, seed=args.seed, tls=args.tls, ports=ports))
+    if args.latency_ms:
+        for app in sandbox.apps.values():
+            app.faults.configure(latency_ms=args.latency_ms)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with sandbox:
+        print(json.dumps(sandbox.info()), flush=True)
+        counts = {k: v for api in sandbox.counts().values() for k, v in api.items()}
+        print(
+            f"sandbox up: size={args.size} seed={args.seed} in {time.perf_counter() - started:.1f}s "
+            f"({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.wait()
+    return 0
+
+
+def _control(args: argparse.Namespace) -> Any:
+    from sandbox.client import SandboxControl
+
+    url = args.control or os.environ.get(CONTROL_ENV)
+    if not url:
+        raise CliError(
+            f"where is the sandbox? pass --control URL or set {CONTROL_ENV} "
+            "(the `control` value printed by `accord sandbox up`)"
+        )
+    return SandboxControl(url)
+
+
+def _sandbox_requests(args: argparse.Namespace) -> int:
+    control = _control(args)
+    if args.all:
+        data = control.requests(api=args.api, since=args.since)
+        for record in data["requests"]:
+            print(json.dumps(record))
+        return 0
+    summary = control.summary(since=args.since)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for api, endpoints in summary["summary"].items():
+        if args.api and api != args.api:
+            continue
+        print(f"{api}: {sum(endpoints.values())} requests")
+        for endpoint, n in endpoints.items():
+            print(f"  {n:>8}  {endpoint}")
+    return 0
+
+
+def _sandbox_faults(args: argparse.Namespace) -> int:
+    control = _control(args)
+    if args.reset:
+        control.reset_faults()
+    settings = {
+        key: value
+        for key, value in {
+            "latency_ms": args.latency_ms,
+            "jitter_ms": args.jitter_ms,
+            "rate_429": args.rate_429,
+            "rate_5xx": args.rate_5xx,
+            "rate_drop": args.rate_drop,
+            "retry_after_s": args.retry_after,
+            "seed": args.seed,
+        }.items()
+        if value is not None
+    }
+    if settings:
+        apis = [args.api] if args.api else list(API_CHOICES)
+        for api in apis:
+            control.set_faults(api, **settings)
+    print(json.dumps(control.faults(), indent=2))
+    return 0
+
+
+def _sandbox_expire(args: argparse.Namespace) -> int:
+    _control(args).expire(args.api)
+    print(f"{args.api}: every session/token issued so far is now expired")
+    return 0
+
+
+def _sandbox_mutate(args: argparse.Namespace) -> int:
+    changes = _control(args).mutate(args.count, args.seed, args.late_share)
+    if args.json:
+        print(json.dumps(changes))
+    else:
+        for change in changes:
+            late = " (late)" if change["late"] else ""
+            print(f"{change['api']:<16} {change['kind']:<11} {change['object']:<24} {change['id']}{late}")
+        print(f"{len(changes)} changes", file=sys.stderr)
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accord",
+        description="Accord: client engagements unified from Salesforce, Jira and Google Calendar.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="local emulators of Salesforce, Jira and Google Calendar",
+        description=(
+            "Local HTTP emulators of the three SaaS APIs with a generated org, request log, faults "
+            "and mutations."
+        ),
+    )
+    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+
+    up = sandbox_commands.add_parser(
+        "up",
+        help="start the emulators and serve until interrupted",
+        description=(
+            "Start the emulators; print one JSON line with URLs and credentials, then serve until Ctrl-C."
+        ),
+    )
+    up.add_argument(
+        "--size", choices=("small", "medium", "large"), default="small", help="org size (default small)"
+    )
+    up.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    up.add_argument(
+        "--tls", action="store_true", help="serve https with a self-signed certificate (path in ca_cert)"
+    )
+    up.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
+    up.add_argument(
+        "--port-base",
+        type=int,
+        default=0,
+        help="fixed ports: salesforce, jira, google_calendar, control from here",
+    )
+    up.set_defaults(func=_sandbox_up)
+
+    def control_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--control", help=f"control API URL printed by `sandbox up` (default ${CONTROL_ENV})")
+
+    requests_p = sandbox_commands.add_parser(
+        "requests", help="request counts per API and endpoint", description="Requests the emulators answered."
+    )
+    control_arg(requests_p)
+    requests_p.add_argument("--api", choices=API_CHOICES, help="only this API")
+    requests_p.add_argument("--since", type=int, default=0, help="only requests after this sequence number")
+    requests_p.add_argument(
+        "--all", action="store_true", help="every request as a JSON line instead of counts"
+    )
+    requests_p.add_argument("--json", action="store_true", help="counts as JSON")
+    requests_p.set_defaults(func=_sandbox_requests)
+
+    faults = sandbox_commands.add_parser(
+        "faults",
+        help="show or set injected faults",
+        description="Show the fault settings, or change them for one API (--api) or all.",
+    )
+    control_arg(faults)
+    faults.add_argument("--api", choices=API_CHOICES, help="only this API (default: all)")
+    faults.add_argument("--latency-ms", type=float, help="latency added to every request")
+    faults.add_argument("--jitter-ms", type=float, help="extra random latency up to this")
+    faults.add_argument("--rate-429", type=float, help="share of requests rate-limited (0..1)")
+    faults.add_argument("--rate-5xx", type=float, help="share of requests answered with 5xx (0..1)")
+    faults.add_argument("--rate-drop", type=float, help="share of connections dropped (0..1)")
+    faults.add_argument("--retry-after", type=int, help="Retry-After seconds sent with 429s")
+    faults.add_argument("--seed", type=int, help="seed of the fault decisions")
+    faults.add_argument("--reset", action="store_true", help="clear all faults first")
+    faults.set_defaults(func=_sandbox_faults)
+
+    expire = sandbox_commands.add_parser(
+        "expire",
+        help="expire sessions/tokens of one API",
+        description="Expire every session or token issued so far.",
+    )
+    control_arg(expire)
+    expire.add_argument("--api", choices=API_CHOICES, required=True)
+    expire.set_defaults(func=_sandbox_expire)
+
+    mutate = sandbox_commands.add_parser(
+        "mutate",
+        help="move the org on: creates, updates, deletes",
+        description="One round of random changes per API (ties on one timestamp, some visible late).",
+    )
+    control_arg(mutate)
+    mutate.add_argument("--count", type=int, default=10, help="changes per API (default 10)")
+    mutate.add_argument("--seed", type=int, default=0, help="seed of the round (default 0)")
+    mutate.add_argument(
+        "--late-share", type=float, default=0.1, help="share visible only next round (default 0.1)"
+    )
+    mutate.add_argument("--json", action="store_true", help="changes as JSON")
+    mutate.set_defaults(func=_sandbox_mutate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"accord: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        from sandbox.client import SandboxControlError
+
+        if isinstance(exc, SandboxControlError):
+            print(f"accord: {exc}", file=sys.stderr)
+            return 1
+        raise
