@@ -309,6 +309,7 @@ class _Generator:
         self.meetings: list[Meeting] = []
         self._used_emails: set[str] = set()
         self._used_project_keys: set[str] = set()
+        self._neglected: set[str] = set()
 
     # -- time helpers ----------------------------------------------------------------------------
     def _past(self, min_days: float, max_days: float) -> datetime:
@@ -457,7 +458,9 @@ class _Generator:
                     stage = "Closed Lost"
                 else:
                     stage = "Closed Won"
-                created = self._between(client.created, self.anchor - timedelta(days=20))
+                # Most engagements started in the last year; a few are older and done.
+                earliest = max(client.created, self.anchor - timedelta(days=rng.choice((120, 240, 360, 420))))
+                created = self._between(earliest, self.anchor - timedelta(days=20))
                 project = rng.choice(PROJECT_NOUNS)
                 if stage == "Closed Won":
                     close = (created + timedelta(days=rng.randint(10, 60))).date()
@@ -504,7 +507,9 @@ class _Generator:
         if engagement.stage == "Closed Lost":
             return 0.3
         age_days = (self.anchor - engagement.created).days
-        return min(1.0, max(0.05, age_days / 240 + self.rng.uniform(-0.15, 0.15)))
+        if age_days > 330:
+            return 1.0  # delivered
+        return min(0.97, max(0.03, age_days / 360 + self.rng.uniform(-0.1, 0.1)))
 
     def make_issues(self) -> None:
         rng = self.rng
@@ -530,14 +535,18 @@ class _Generator:
             if roll < progress:
                 status = "Done"
             elif roll < progress + (1 - progress) * 0.35:
-                status = rng.choice(["In Progress", "In Progress", "In Review", "Blocked"])
+                in_flight = rng.random()
+                status = "In Progress" if in_flight < 0.65 else "In Review" if in_flight < 0.93 else "Blocked"
             else:
                 status = "To Do"
             updated = self._between(created, self.anchor - timedelta(minutes=2))
             resolved = updated if status == "Done" else None
             due: date | None = None
             if not is_epic and rng.random() < 0.6:
-                due = (created + timedelta(days=rng.randint(5, 90))).date()
+                if status == "Done":
+                    due = (created + timedelta(days=rng.randint(5, 90))).date()
+                else:  # open work is mostly due ahead; some of it slipped
+                    due = (self.anchor + timedelta(days=rng.randint(-12, 80))).date()
             labels = ["blocked"] if status == "Blocked" and rng.random() < 0.5 else []
             if rng.random() < 0.2:
                 labels.append(rng.choice(["client-facing", "tech-debt", "quick-win", "security"]))
@@ -592,7 +601,10 @@ class _Generator:
         target = self.size.meetings
         internal_target = int(target * 0.15)
         client_target = target - internal_target
-        recurring = active[: max(1, min(len(active), client_target // 8))]
+        # About one active engagement in six has lapsed: no check-in lately and none planned.
+        self._neglected = {e.key for e in active if rng.random() < 0.16}
+        with_series = [e for e in active if e.key not in self._neglected and rng.random() < 0.8]
+        recurring = with_series[: max(1, client_target // 8)]
         for engagement in recurring:
             self.meetings.append(
                 self._recurring_checkin(engagement, users_by_key, contacts_by_key, roles_by_engagement)
@@ -642,7 +654,7 @@ class _Generator:
             client = next(c for c in self.clients if c.key == engagement.client_key)
             attendees.append(
                 Attendee(
-                    email=f"new.stakeholder{rng.randrange(1000)}@{client.domains[0]}",
+                    email=f"new.stakeholder{rng.randrange(4)}@{client.domains[0]}",
                     display_name=None,
                     response="needsAction",
                 )
@@ -712,7 +724,8 @@ class _Generator:
     ) -> Meeting:
         rng = self.rng
         owner = users_by_key[engagement.owner_key]
-        day = self.anchor + timedelta(days=rng.uniform(-120, 60))
+        lapsed = engagement.key in self._neglected
+        day = self.anchor + timedelta(days=rng.uniform(-120, -32) if lapsed else rng.uniform(-120, 60))
         start = self._slot(day, rng.randint(7, 16))
         created = min(self._between(start - timedelta(days=21), start), self.anchor - timedelta(hours=1))
         people = self._people(engagement, contacts_by_key, roles_by_engagement)

@@ -1,0 +1,110 @@
+"""Identity resolution: which CRM contact or user an email address belongs to.
+
+Addresses are compared after normalization: case-folded, trimmed, the plus tag dropped
+(``jane+meetings@client.com`` is ``jane@client.com``) and aliases from the mapping applied. An
+address that matches no contact but whose domain belongs to exactly one client is a lower
+confidence match to that client: an unknown stakeholder to review, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from engagement.mapping import IdentityMapping
+from engagement.records import Account, Contact, CrmUser
+
+MatchKind = Literal["contact", "user", "client_domain", "internal", "unknown"]
+
+
+def normalize_email(email: str, identity: IdentityMapping, aliases: dict[str, str] | None = None) -> str:
+    """The comparable form of an address; ``aliases`` must already be normalized (see ``IdentityIndex``)."""
+    address = email.strip().strip("<>").casefold()
+    if "@" not in address:
+        return address
+    local, _, domain = address.rpartition("@")
+    if identity.strip_plus_tags and "+" in local:
+        local = local.split("+", 1)[0]
+    address = f"{local}@{domain}"
+    if aliases:
+        address = aliases.get(address, address)
+    return address
+
+
+def email_domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class IdentityMatch:
+    kind: MatchKind
+    email: str  # normalized
+    contact_id: str | None = None
+    user_id: str | None = None
+    account_id: str | None = None
+    confidence: Literal["exact", "domain", "none"] = "none"
+
+
+class IdentityIndex:
+    """Lookups from normalized addresses to contacts, users and client domains."""
+
+    def __init__(
+        self,
+        identity: IdentityMapping,
+        accounts: Iterable[Account],
+        contacts: Iterable[Contact],
+        users: Iterable[CrmUser],
+    ) -> None:
+        self.identity = identity
+        self._aliases: dict[str, str] = {}
+        for alias, target in identity.aliases.items():
+            self._aliases[normalize_email(alias, identity)] = normalize_email(target, identity)
+        self._internal = {d.lower() for d in identity.internal_domains}
+        self._contacts: dict[str, Contact] = {}
+        self.duplicate_contact_emails: set[str] = set()
+        for contact in sorted(contacts, key=lambda c: c.id):
+            if not contact.email:
+                continue
+            key = self.normalize(contact.email)
+            if key in self._contacts:
+                self.duplicate_contact_emails.add(key)  # several contacts share one address: first id wins
+                continue
+            self._contacts[key] = contact
+        self._users: dict[str, CrmUser] = {}
+        for user in sorted(users, key=lambda u: u.id):
+            if user.email:
+                self._users.setdefault(self.normalize(user.email), user)
+        owners: dict[str, set[str]] = {}
+        for account in accounts:
+            for domain in account.domains:
+                owners.setdefault(domain, set()).add(account.id)
+        # A domain claimed by several clients (a shared provider) identifies none of them.
+        self._domains = {d: next(iter(ids)) for d, ids in owners.items() if len(ids) == 1}
+
+    def normalize(self, email: str) -> str:
+        return normalize_email(email, self.identity, self._aliases)
+
+    def resolve(self, email: str) -> IdentityMatch:
+        address = self.normalize(email)
+        contact = self._contacts.get(address)
+        if contact is not None:
+            return IdentityMatch(
+                "contact", address, contact_id=contact.id, account_id=contact.account_id, confidence="exact"
+            )
+        user = self._users.get(address)
+        domain = email_domain(address)
+        if user is not None:
+            return IdentityMatch("user", address, user_id=user.id, confidence="exact")
+        if domain in self._internal:
+            return IdentityMatch("internal", address, confidence="domain")
+        account_id = self._domains.get(domain)
+        if account_id is not None:
+            return IdentityMatch("client_domain", address, account_id=account_id, confidence="domain")
+        return IdentityMatch("unknown", address)
+
+    def contact_for(self, email: str | None) -> Contact | None:
+        return self._contacts.get(self.normalize(email)) if email else None
+
+    def user_for(self, email: str | None) -> CrmUser | None:
+        return self._users.get(self.normalize(email)) if email else None

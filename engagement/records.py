@@ -1,0 +1,253 @@
+"""Source records as the connectors hand them over, normalized and typed.
+
+A connector turns each API row into a ``SourceRecord``: which source and stream it came from, its
+id, its modification stamp and a small JSON-able ``data`` dict of Accord attributes (names from
+the mapping, values normalized: ISO timestamps in UTC, lists for multi-valued fields). The store
+keeps exactly that, and unify reads it back through the typed views below. Nothing here knows an
+API's wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    source: str  # "salesforce" | "jira" | "google_calendar"
+    stream: str  # "accounts", "contacts", "opportunities", "contact_roles", "users", "issues", "events"
+    id: str
+    updated_at: datetime  # the source's modification stamp (the cursor field), aware UTC
+    data: dict[str, Any]
+    deleted: bool = False
+    partition: str = ""  # calendar id for events, project key for issues, "" otherwise
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """Parse the timestamps of all three APIs (and ISO) into aware UTC; None for empty values."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value)
+    if len(text) >= 5 and text[-5] in "+-" and text[-3] != ":" and "T" in text:
+        text = f"{text[:-2]}:{text[-2:]}"  # Salesforce/Jira "+0000" -> "+00:00"
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_date(value: Any) -> date | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def iso(value: datetime | None) -> str | None:
+    """The one timestamp format the store and the model use: UTC, milliseconds, Z."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return None if value in (None, "") else str(value)
+
+
+def split_domains(value: Any) -> tuple[str, ...]:
+    if value in (None, ""):
+        return ()
+    if isinstance(value, list | tuple):
+        parts = [str(v) for v in value]
+    else:
+        parts = str(value).replace(",", ";").split(";")
+    return tuple(sorted({p.strip().lower() for p in parts if p.strip()}))
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str
+    domains: tuple[str, ...]
+    owner_id: str | None
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> Account:
+        return cls(
+            r.id, _str(r.data, "name") or r.id, split_domains(r.data.get("domains")), _str(r.data, "owner")
+        )
+
+
+@dataclass(frozen=True)
+class Contact:
+    id: str
+    account_id: str | None
+    name: str
+    email: str | None
+    title: str | None
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> Contact:
+        d = r.data
+        name = (
+            " ".join(p for p in (_str(d, "first_name"), _str(d, "last_name")) if p) or _str(d, "name") or r.id
+        )
+        return cls(r.id, _str(d, "account"), name, _str(d, "email"), _str(d, "title"), r.updated_at)
+
+
+@dataclass(frozen=True)
+class Opportunity:
+    id: str
+    name: str
+    account_id: str | None
+    stage: str | None
+    owner_id: str | None
+    close_date: date | None
+    amount: float | None
+    jira_project: str | None
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> Opportunity:
+        d = r.data
+        amount = d.get("amount")
+        return cls(
+            r.id,
+            _str(d, "name") or r.id,
+            _str(d, "account"),
+            _str(d, "stage"),
+            _str(d, "owner"),
+            parse_date(d.get("close_date")),
+            float(amount) if amount not in (None, "") else None,
+            _str(d, "jira_project"),
+            r.updated_at,
+        )
+
+
+@dataclass(frozen=True)
+class ContactRole:
+    id: str
+    opportunity_id: str
+    contact_id: str
+    role: str | None
+    primary: bool
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> ContactRole:
+        d = r.data
+        return cls(
+            r.id, str(d.get("opportunity")), str(d.get("contact")), _str(d, "role"), bool(d.get("primary"))
+        )
+
+
+@dataclass(frozen=True)
+class CrmUser:
+    id: str
+    name: str
+    email: str | None
+    manager_id: str | None
+    active: bool
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> CrmUser:
+        d = r.data
+        name = (
+            " ".join(p for p in (_str(d, "first_name"), _str(d, "last_name")) if p) or _str(d, "name") or r.id
+        )
+        return cls(r.id, name, _str(d, "email"), _str(d, "manager"), d.get("active") is not False)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A Jira issue."""
+
+    id: str
+    key: str
+    project: str
+    summary: str
+    issue_type: str
+    status: str
+    status_category: str  # new | indeterminate | done
+    assignee_email: str | None
+    assignee_name: str | None
+    due_date: date | None
+    labels: tuple[str, ...]
+    parent_key: str | None
+    created: datetime | None
+    updated: datetime
+    resolved: datetime | None
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> WorkItem:
+        d = r.data
+        return cls(
+            id=r.id,
+            key=str(d.get("key")),
+            project=str(d.get("project")),
+            summary=str(d.get("summary") or ""),
+            issue_type=str(d.get("issue_type") or ""),
+            status=str(d.get("status") or ""),
+            status_category=str(d.get("status_category") or "new"),
+            assignee_email=_str(d, "assignee_email"),
+            assignee_name=_str(d, "assignee_name"),
+            due_date=parse_date(d.get("due_date")),
+            labels=tuple(sorted(str(label) for label in d.get("labels") or ())),
+            parent_key=_str(d, "parent"),
+            created=parse_datetime(d.get("created")),
+            updated=r.updated_at,
+            resolved=parse_datetime(d.get("resolved")),
+        )
+
+
+@dataclass(frozen=True)
+class EventAttendee:
+    email: str
+    response: str  # needsAction | declined | tentative | accepted
+    organizer: bool = False
+
+
+@dataclass(frozen=True)
+class CalendarEvent:
+    """One concrete meeting (recurring series arrive expanded into instances)."""
+
+    id: str
+    calendar: str
+    summary: str
+    start: datetime
+    end: datetime
+    status: str  # confirmed | tentative | cancelled
+    attendees: tuple[EventAttendee, ...] = field(default_factory=tuple)
+    organizer: str | None = None
+    recurring_event_id: str | None = None
+
+    @classmethod
+    def from_record(cls, r: SourceRecord) -> CalendarEvent | None:
+        d = r.data
+        start, end = parse_datetime(d.get("start")), parse_datetime(d.get("end"))
+        if start is None or end is None:
+            return None
+        attendees = tuple(
+            EventAttendee(str(a["email"]), str(a.get("response") or "needsAction"), bool(a.get("organizer")))
+            for a in d.get("attendees") or ()
+            if a.get("email")
+        )
+        return cls(
+            id=r.id,
+            calendar=r.partition or str(d.get("calendar") or ""),
+            summary=str(d.get("summary") or ""),
+            start=start,
+            end=end,
+            status=str(d.get("status") or "confirmed"),
+            attendees=attendees,
+            organizer=_str(d, "organizer"),
+            recurring_event_id=_str(d, "recurring_event_id"),
+        )
