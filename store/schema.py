@@ -1,0 +1,60 @@
+"""Tables. Timestamps are ISO-8601 UTC text with milliseconds and a Z (``engagement.records.iso``):
+sortable as text, identical on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+records = Table(
+    "records",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("stream", String(64), primary_key=True),
+    Column("id", String(255), primary_key=True),
+    Column("partition", String(255), nullable=False, default=""),
+    Column("updated_at", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("digest", String(64), nullable=False),
+    Column("data", JsonType, nullable=False),
+    Column("stored_at", String(32), nullable=False),
+)
+Index("ix_records_partition", records.c.source, records.c.stream, records.c.partition)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("stream", String(64), primary_key=True),
+    Column("partition", String(255), primary_key=True),
+    Column("value", Text, nullable=True),
+    Column("updated_at", String(32), nullable=False),
+)
+
+engagements = Table(
+    "engagements",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("client", Text, nullable=False),
+    Column("health", String(8), nullable=False),
+    Column("stage", String(16), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("payload", JsonType, nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", String(32), nullable=False),
+    Column("finished_at", String(32), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("full", Boolean, nullable=False),
+    Column("stats", JsonType, nullable=False),
+)

@@ -1,0 +1,395 @@
+"""Persistence of source records, cursors, engagements and runs: the only module that knows SQL.
+
+SQLite by default, PostgreSQL by URL. The guarantee the sync relies on: a batch of records and
+the cursor that covers them are committed in one transaction (``apply_batch``), so a crash at any
+point leaves the cursor behind the records it covers and a re-run continues without loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+
+from engagement.model import UnifiedView
+from engagement.records import SourceRecord, iso, parse_datetime
+from store.schema import cursors, engagements, metadata, records, sync_runs
+
+BATCH_LOOKUP = 500  # ids per IN (...) lookup: well under SQLite's variable limit
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _now() -> str:
+    return iso(datetime.now(UTC)) or ""
+
+
+@dataclass(frozen=True)
+class CursorUpdate:
+    source: str
+    stream: str
+    partition: str
+    value: str | None
+
+
+@dataclass
+class BatchResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0  # records newly marked deleted
+
+    def add(self, other: BatchResult) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.deleted += other.deleted
+
+    @property
+    def changed(self) -> int:
+        return self.inserted + self.updated
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    engagement_id: str
+    name: str
+    previous: str | None  # None: a new engagement
+    current: str | None  # None: the engagement is gone
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+
+def default_database_url(directory: Path | None = None) -> str:
+    base = directory or Path.cwd() / ".accord"
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'accord.sqlite'}"
+
+
+class Store:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_all(self) -> None:
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def describe(self) -> str:
+        """The URL without its password, for logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    # -- records and cursors -------------------------------------------------------------------------
+    def _insert(self) -> Any:
+        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    def _upsert_records(self, conn: Connection, batch: Sequence[SourceRecord]) -> BatchResult:
+        result = BatchResult()
+        if not batch:
+            return result
+        latest: dict[tuple[str, str, str], SourceRecord] = {}
+        for record in batch:  # the last version of an id within a batch wins
+            latest[(record.source, record.stream, record.id)] = record
+        keys = list(latest)
+        existing: dict[tuple[str, str, str], tuple[str, bool]] = {}
+        for start in range(0, len(keys), BATCH_LOOKUP):
+            chunk = keys[start : start + BATCH_LOOKUP]
+            rows = conn.execute(
+                select(
+                    records.c.source, records.c.stream, records.c.id, records.c.digest, records.c.deleted
+                ).where(tuple_(records.c.source, records.c.stream, records.c.id).in_(chunk))
+            )
+            for row in rows:
+                existing[(row.source, row.stream, row.id)] = (row.digest, row.deleted)
+        stored_at = _now()
+        rows_to_write = []
+        for key, record in latest.items():
+            digest = _digest([record.data, record.deleted, record.partition])
+            before = existing.get(key)
+            if before is not None and before[0] == digest:
+                result.unchanged += 1
+                continue
+            if before is None:
+                if record.deleted:
+                    result.unchanged += 1  # a tombstone for something never stored: keep it, count nothing
+                else:
+                    result.inserted += 1
+            elif record.deleted and not before[1]:
+                result.deleted += 1
+            else:
+                result.updated += 1
+            rows_to_write.append(
+                {
+                    "source": record.source,
+                    "stream": record.stream,
+                    "id": record.id,
+                    "partition": record.partition,
+                    "updated_at": iso(record.updated_at),
+                    "deleted": record.deleted,
+                    "digest": digest,
+                    "data": record.data,
+                    "stored_at": stored_at,
+                }
+            )
+        if rows_to_write:
+            statement = self._insert()(records)
+            statement = statement.on_conflict_do_update(
+                index_elements=[records.c.source, records.c.stream, records.c.id],
+                set_={
+                    c: statement.excluded[c]
+                    for c in ("partition", "updated_at", "deleted", "digest", "data", "stored_at")
+                },
+            )
+            conn.execute(statement, rows_to_write)
+        return result
+
+    def _write_cursor(self, conn: Connection, cursor: CursorUpdate) -> None:
+        statement = self._insert()(cursors).values(
+            source=cursor.source,
+            stream=cursor.stream,
+            partition=cursor.partition,
+            value=cursor.value,
+            updated_at=_now(),
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[cursors.c.source, cursors.c.stream, cursors.c.partition],
+            set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
+        )
+        conn.execute(statement)
+
+    def apply_batch(self, batch: Sequence[SourceRecord], cursor: CursorUpdate | None = None) -> BatchResult:
+        """Upsert ``batch`` and move ``cursor`` in one transaction."""
+        with self.engine.begin() as conn:
+            result = self._upsert_records(conn, batch)
+            if cursor is not None:
+                self._write_cursor(conn, cursor)
+        return result
+
+    def reconcile(
+        self,
+        source: str,
+        stream: str,
+        live_ids: set[str],
+        *,
+        partition: str | None = None,
+        cursor: CursorUpdate | None = None,
+        stamp: datetime | None = None,
+    ) -> int:
+        """Mark stored, not-deleted records absent from ``live_ids`` as deleted (hard deletes,
+        or a calendar re-synced from scratch); move ``cursor`` in the same transaction."""
+        marked = 0
+        with self.engine.begin() as conn:
+            query = select(records.c.id).where(
+                records.c.source == source, records.c.stream == stream, records.c.deleted.is_(False)
+            )
+            if partition is not None:
+                query = query.where(records.c.partition == partition)
+            gone = [row.id for row in conn.execute(query) if row.id not in live_ids]
+            when = iso(stamp or datetime.now(UTC))
+            for start in range(0, len(gone), BATCH_LOOKUP):
+                chunk = gone[start : start + BATCH_LOOKUP]
+                conn.execute(
+                    update(records)
+                    .where(records.c.source == source, records.c.stream == stream, records.c.id.in_(chunk))
+                    .values(deleted=True, updated_at=when, digest="reconciled-deleted", stored_at=_now())
+                )
+                marked += len(chunk)
+            if cursor is not None:
+                self._write_cursor(conn, cursor)
+        return marked
+
+    def set_cursor(self, cursor: CursorUpdate) -> None:
+        with self.engine.begin() as conn:
+            self._write_cursor(conn, cursor)
+
+    def get_cursor(self, source: str, stream: str, partition: str = "") -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(cursors.c.value).where(
+                    cursors.c.source == source, cursors.c.stream == stream, cursors.c.partition == partition
+                )
+            ).scalar_one_or_none()
+
+    def cursors(self, source: str | None = None) -> dict[tuple[str, str, str], str | None]:
+        query = select(cursors.c.source, cursors.c.stream, cursors.c.partition, cursors.c.value)
+        if source is not None:
+            query = query.where(cursors.c.source == source)
+        with self.engine.connect() as conn:
+            return {(r.source, r.stream, r.partition): r.value for r in conn.execute(query)}
+
+    def clear_cursors(self, source: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            statement = delete(cursors)
+            if source is not None:
+                statement = statement.where(cursors.c.source == source)
+            conn.execute(statement)
+
+    def iter_records(
+        self, source: str | None = None, stream: str | None = None, *, include_deleted: bool = False
+    ) -> Iterator[SourceRecord]:
+        """Stream stored records in key order without loading them all at once."""
+        query = select(records).order_by(records.c.source, records.c.stream, records.c.id)
+        if source is not None:
+            query = query.where(records.c.source == source)
+        if stream is not None:
+            query = query.where(records.c.stream == stream)
+        if not include_deleted:
+            query = query.where(records.c.deleted.is_(False))
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=2000).execute(query)
+            for row in result:
+                yield SourceRecord(
+                    source=row.source,
+                    stream=row.stream,
+                    id=row.id,
+                    updated_at=parse_datetime(row.updated_at) or datetime.min.replace(tzinfo=UTC),
+                    data=row.data,
+                    deleted=row.deleted,
+                    partition=row.partition,
+                )
+
+    def record_ids(self, source: str, stream: str, partition: str | None = None) -> set[str]:
+        query = select(records.c.id).where(
+            records.c.source == source, records.c.stream == stream, records.c.deleted.is_(False)
+        )
+        if partition is not None:
+            query = query.where(records.c.partition == partition)
+        with self.engine.connect() as conn:
+            return {row.id for row in conn.execute(query)}
+
+    def record_counts(self) -> dict[str, int]:
+        """Live records per "source.stream"."""
+        query = (
+            select(records.c.source, records.c.stream, func.count())
+            .where(records.c.deleted.is_(False))
+            .group_by(records.c.source, records.c.stream)
+        )
+        with self.engine.connect() as conn:
+            return {f"{s}.{t}": int(n) for s, t, n in conn.execute(query)}
+
+    # -- engagements -------------------------------------------------------------------------------
+    def save_view(self, view: UnifiedView, computed_at: datetime) -> list[HealthChange]:
+        """Store the engagements of ``view`` (only those that changed) and drop vanished ones.
+        Returns the health transitions, for events and notifications."""
+        changes: list[HealthChange] = []
+        stamp = iso(computed_at)
+        with self.engine.begin() as conn:
+            before = {
+                row.id: (row.digest, row.health, row.name)
+                for row in conn.execute(
+                    select(engagements.c.id, engagements.c.digest, engagements.c.health, engagements.c.name)
+                )
+            }
+            rows = []
+            for e in view.engagements:
+                payload = e.to_json()
+                digest = _digest(payload)
+                previous = before.get(e.id)
+                if previous is not None and previous[0] == digest:
+                    continue
+                if previous is None or previous[1] != e.health.level:
+                    changes.append(
+                        HealthChange(
+                            e.id,
+                            e.name,
+                            previous[1] if previous else None,
+                            e.health.level,
+                            tuple(r.text for r in e.health.reasons),
+                        )
+                    )
+                rows.append(
+                    {
+                        "id": e.id,
+                        "name": e.name,
+                        "client": e.client,
+                        "health": e.health.level,
+                        "stage": e.stage,
+                        "digest": digest,
+                        "payload": payload,
+                        "updated_at": stamp,
+                    }
+                )
+            if rows:
+                statement = self._insert()(engagements)
+                statement = statement.on_conflict_do_update(
+                    index_elements=[engagements.c.id],
+                    set_={
+                        c: statement.excluded[c]
+                        for c in ("name", "client", "health", "stage", "digest", "payload", "updated_at")
+                    },
+                )
+                conn.execute(statement, rows)
+            current = {e.id for e in view.engagements}
+            vanished = [i for i in before if i not in current]
+            for start in range(0, len(vanished), BATCH_LOOKUP):
+                conn.execute(
+                    delete(engagements).where(engagements.c.id.in_(vanished[start : start + BATCH_LOOKUP]))
+                )
+            changes.extend(HealthChange(i, before[i][2], before[i][1], None) for i in vanished)
+        return changes
+
+    def load_engagements(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [
+                row.payload for row in conn.execute(select(engagements.c.payload).order_by(engagements.c.id))
+            ]
+
+    def health_counts(self) -> dict[str, int]:
+        counts = Counter({"green": 0, "amber": 0, "red": 0})
+        with self.engine.connect() as conn:
+            for health, n in conn.execute(
+                select(engagements.c.health, func.count()).group_by(engagements.c.health)
+            ):
+                counts[health] = int(n)
+        return dict(counts)
+
+    # -- runs ---------------------------------------------------------------------------------------
+    def start_run(self, full: bool) -> int:
+        with self.engine.begin() as conn:
+            run_id = conn.execute(
+                sync_runs.insert()
+                .values(started_at=_now(), status="running", full=full, stats={})
+                .returning(sync_runs.c.id)
+            ).scalar_one()
+            return int(run_id)
+
+    def finish_run(self, run_id: int, status: str, stats: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.id == run_id)
+                .values(finished_at=_now(), status=status, stats=stats)
+            )
+
+    def last_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

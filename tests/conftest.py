@@ -1,0 +1,53 @@
+"""Shared fixtures: stores on SQLite and on the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from store import Store
+
+POSTGRES_URL = os.environ.get(
+    "ACCORD_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_store() -> Iterator[Store]:
+    schema = f"accord_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # the suite promises PostgreSQL coverage: fail loudly, never skip
+        admin.dispose()
+        raise RuntimeError(
+            f"PostgreSQL at {POSTGRES_URL} is not reachable ({type(exc).__name__}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+            "or point ACCORD_TEST_POSTGRES_URL elsewhere"
+        ) from exc
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    store = Store(f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
+    store.create_all()
+    try:
+        yield store
+    finally:
+        store.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'accord.sqlite'}")
+        s.create_all()
+        yield s
+        s.dispose()
+    else:
+        yield from _postgres_store()
