@@ -119,9 +119,10 @@ class JiraMapping(Strict):
 
 # -- Google Calendar ---------------------------------------------------------------------------------
 class CalendarMapping(Strict):
-    calendars: Literal["owners", "listed"] = Field(
-        default="owners",
-        description="owners: each engagement owner's calendar (id = email); listed: `calendar_ids`",
+    calendars: Literal["internal", "listed"] = Field(
+        default="internal",
+        description="internal: every calendar the connector can see whose id is in identity.internal_domains; "
+        "listed: exactly `calendar_ids` (e.g. one shared team calendar)",
     )
     calendar_ids: list[str] = Field(default_factory=list)
     past_days: int = Field(default=180, ge=1, le=3650)

@@ -1,0 +1,1 @@
+"""Connectors: one package per SaaS. Plain Python over the real client libraries; never imports Prefect."""

@@ -1,0 +1,76 @@
+"""What every incremental stream shares: the read window, page guards, and batches with cursors.
+
+A window is half-open, ``[cursor - lookback, upper)``, with ``upper`` frozen when the run starts
+(meltano's replication-key signpost, dlt's lag). Records inside the lookback are read again and
+de-duplicated by primary key in the store. The cursor moves only with the records it covers: each
+``Batch`` carries the cursor value that is safe to commit together with its records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from engagement.records import SourceRecord, iso, parse_datetime
+
+
+@dataclass(frozen=True)
+class Window:
+    lower: datetime | None  # None: full read
+    upper: datetime  # exclusive, frozen at run start
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None, lookback: timedelta, upper: datetime) -> Window:
+        start = parse_datetime(cursor) if cursor else None
+        return cls(None if start is None else start - lookback, upper)
+
+    @property
+    def full(self) -> bool:
+        return self.lower is None
+
+
+@dataclass
+class Batch:
+    """Records of one page, and the cursor value to commit with them (None: leave it)."""
+
+    stream: str
+    partition: str
+    records: list[SourceRecord]
+    cursor: str | None = None
+    final: bool = False  # the last batch of this stream/partition in this run
+    live_ids: set[str] | None = None  # with final=True after a full read: every id that exists
+    meta: dict[str, int] = field(default_factory=dict)  # e.g. {"pages": 3}
+
+
+class RepeatedPageError(RuntimeError):
+    """The API handed back a page token it already gave: following it would loop forever."""
+
+
+class PageGuard:
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._seen: set[Hashable] = set()
+        self.pages = 0
+
+    def check(self, token: Hashable) -> None:
+        if token in self._seen:
+            raise RepeatedPageError(f"{self.what}: page token repeated after {self.pages} pages; stopping")
+        self._seen.add(token)
+        self.pages += 1
+
+
+def progressive_cursor(stamp: datetime | None, window: Window) -> str | None:
+    """A safe cursor after a page sorted by stamp ascending: the last stamp, never beyond ``upper``."""
+    if stamp is None:
+        return None
+    return iso(min(stamp, window.upper))
+
+
+def minute_floor(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def ceil_to_minute(moment: datetime) -> datetime:
+    floor = minute_floor(moment)
+    return floor if floor == moment else floor + timedelta(minutes=1)
