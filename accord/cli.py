@@ -135,6 +135,115 @@ def _sandbox_mutate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sync, status, mappings ------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Any:
+    from accord.settings import load_settings
+
+    settings = load_settings()
+    updates: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        updates["database_url"] = args.database_url
+    if getattr(args, "mapping", None):
+        updates["mapping"] = args.mapping
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def _load_mapping(path: Any) -> Any:
+    from engagement.mapping import MappingError, load_mapping
+
+    try:
+        return load_mapping(path)
+    except MappingError as exc:
+        raise CliError(f"the mapping is not valid:\n{exc}") from None
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from flows.sync import sync_flow
+
+    settings = _settings(args)
+    _load_mapping(settings.mapping)  # fail fast, before Prefect starts
+    # The flow reads its settings from the environment, as a deployment's worker does.
+    os.environ["ACCORD_DATABASE_URL"] = settings.database_url
+    os.environ["ACCORD_MAPPING"] = str(settings.mapping)
+    result = sync_flow(full=args.full)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_sync_summary(result)
+    return 0
+
+
+def _print_sync_summary(result: dict[str, Any]) -> None:
+    kind = "full" if result["full"] else "incremental"
+    print(f"sync ({kind}) finished in {result['seconds']:.1f}s")
+    for source, data in result["sources"].items():
+        for stream, s in data["streams"].items():
+            print(
+                f"  {source}.{stream}: {s['pulled']} pulled in {s['pages']} pages, "
+                f"{s['inserted']} new, {s['updated']} changed, "
+                f"{s['deleted'] + s['reconciled_deleted']} deleted"
+            )
+    print(f"  engagements: {result['engagements']} {result['health']}")
+    unknown, ambiguous = result["unknown_stakeholders"], result["ambiguous_meetings"]
+    print(f"  unknown stakeholders: {unknown}, ambiguous meetings: {ambiguous}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flows.report import engagement_table
+    from store import Store
+
+    settings = _settings(args)
+    store = Store(settings.database_url)
+    store.create_all()
+    rows = [e["summary"] for e in store.load_engagements()]
+    store.dispose()
+    if args.health:
+        rows = [r for r in rows if r["health"] in args.health]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no engagements stored yet: run `accord sync` first", file=sys.stderr)
+        return 0
+    print(engagement_table(rows))
+    return 0
+
+
+def _mappings_validate(args: argparse.Namespace) -> int:
+    from engagement.mapping import MappingError, load_mapping
+
+    failed = False
+    for path in args.files:
+        try:
+            mapping = load_mapping(path)
+        except MappingError as exc:
+            failed = True
+            print(str(exc), file=sys.stderr)
+            continue
+        print(f"{path}: ok (version {mapping.version}, {mapping.name})")
+    return 2 if failed else 0
+
+
+def _mappings_schema(args: argparse.Namespace) -> int:
+    from engagement.mapping import mapping_json_schema
+
+    text = json.dumps(mapping_json_schema(), indent=2)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from accord.demo import run_demo
+
+    return run_demo(size=args.size, seed=args.seed)
+
+
 # -- parser ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -230,6 +339,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mutate.add_argument("--json", action="store_true", help="changes as JSON")
     mutate.set_defaults(func=_sandbox_mutate)
+
+    sync = commands.add_parser(
+        "sync",
+        help="pull the three sources and update the engagements (one Prefect flow run)",
+        description="Run the sync flow once: incremental from the stored cursors, or --full.",
+    )
+    sync.add_argument("--full", action="store_true", help="re-read everything instead of continuing")
+    sync.add_argument("--json", action="store_true", help="print the run's report as JSON")
+    sync.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
+    sync.add_argument(
+        "--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)"
+    )
+    sync.set_defaults(func=_sync)
+
+    status = commands.add_parser(
+        "status",
+        help="the engagements: health, stage, progress, meetings, reasons",
+        description="Print the stored engagements, worst health first.",
+    )
+    status.add_argument("--json", action="store_true", help="a JSON list of engagement objects")
+    status.add_argument("--health", action="append", choices=("green", "amber", "red"), help="only these")
+    status.add_argument(
+        "--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)"
+    )
+    status.set_defaults(func=_status)
+
+    mappings = commands.add_parser(
+        "mappings", help="validate mappings, write their JSON Schema", description="Work with mapping files."
+    )
+    mapping_commands = mappings.add_subparsers(dest="mappings_command", required=True, metavar="SUBCOMMAND")
+    validate = mapping_commands.add_parser(
+        "validate",
+        help="check mapping files; every error with file, line and what was expected",
+        description="Validate mapping files. Exit status 2 when any is invalid.",
+    )
+    validate.add_argument("files", nargs="*", default=["mappings/default.yaml"], metavar="FILE")
+    validate.set_defaults(func=_mappings_validate)
+    schema = mapping_commands.add_parser(
+        "schema",
+        help="write the mapping JSON Schema",
+        description="Print or write the JSON Schema of mappings.",
+    )
+    schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.set_defaults(func=_mappings_schema)
+
+    demo = commands.add_parser(
+        "demo",
+        help="sandbox, full sync, mutations, incremental sync, engagements",
+        description="The whole job on the embedded defaults: sandbox APIs, SQLite, Prefect's ephemeral API.",
+    )
+    demo.add_argument("--size", choices=("small", "medium"), default="small")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -31,6 +31,10 @@ class SalesforceSettings(_Settings):
     consumer_key: str | None = None
     consumer_secret: SecretStr | None = None
     domain: str = Field(default="login", description="login, test, or your My Domain (e.g. acme.my)")
+    login_url: str | None = Field(
+        default=None,
+        description="Where logins go instead of https://{domain}.salesforce.com (a proxy or the sandbox)",
+    )
     api_version: str = "59.0"
     ca_cert: str | None = Field(default=None, description="CA bundle for a private or sandbox certificate")
     timeout_s: float = Field(default=60.0, gt=0)

@@ -1,0 +1,218 @@
+"""Salesforce through simple-salesforce: incremental on SystemModstamp, soft deletes via queryAll,
+hard deletes via id-set reconciliation.
+
+Each mapped object is one stream. A read asks for ``SystemModstamp`` in ``[cursor - lookback,
+upper)`` ordered by ``SystemModstamp, Id`` through ``queryAll`` (so soft-deleted rows arrive with
+``IsDeleted = true``), follows ``nextRecordsUrl`` page by page, and hands each page over with the
+last stamp as the cursor that is safe to commit with it. A full read uses ``query`` (live rows
+only) and ends with the set of ids that exist, so anything else stored is marked deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import SecretStr
+from simple_salesforce import Salesforce
+
+from connectors.base import WorkUnit
+from connectors.errors import ConfigError
+from connectors.incremental import Batch, PageGuard, Window, progressive_cursor
+from connectors.retry import call_with_retry
+from connectors.salesforce import soql
+from connectors.salesforce.errors import SOURCE, classify
+from connectors.salesforce.transport import build_session
+from connectors.settings import SalesforceSettings
+from engagement.mapping import Mapping, SalesforceStream
+from engagement.records import SourceRecord, iso, parse_datetime
+
+log = logging.getLogger("accord.connectors.salesforce")
+T = TypeVar("T")
+
+STREAMS = ("accounts", "contacts", "opportunities", "contact_roles", "users")
+# Objects without IsDeleted: users are deactivated, never deleted (they cannot be soft-deleted).
+NO_IS_DELETED = frozenset({"User"})
+CURSOR_FIELD = "SystemModstamp"
+
+
+def _normalize(value: Any) -> Any:
+    """Salesforce datetimes ("2024-04-25T15:50:37.000+0000") become Accord's ISO Z form."""
+    if isinstance(value, str) and len(value) == 28 and value[10] == "T" and value[-5] in "+-":
+        parsed = parse_datetime(value)
+        return iso(parsed) if parsed else value
+    return value
+
+
+def _field(record: dict[str, Any], path: str) -> Any:
+    """A dotted path through parent relationships: "Account.Owner.Email"."""
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return _normalize(value)
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+class SalesforceConnector:
+    source = SOURCE
+
+    def __init__(self, settings: SalesforceSettings, mapping: Mapping) -> None:
+        self.settings = settings
+        self.mapping = mapping
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.api_usage: dict[str, Any] = {}
+
+    # -- client ----------------------------------------------------------------------------------------
+    def _connect(self) -> Salesforce:
+        s = self.settings
+        domain = s.domain if s.auth != "client_credentials" or s.domain not in ("login", "test") else "login"
+        session = build_session(
+            instance_url=s.instance_url,
+            login_url=s.login_url,
+            login_host=f"https://{domain}.salesforce.com",
+            ca_cert=s.ca_cert,
+            timeout=s.timeout_s,
+        )
+        common: dict[str, Any] = {"session": session, "version": s.api_version}
+        if s.auth == "session":
+            return Salesforce(instance_url=s.instance_url, session_id=secret(s.session_id), **common)
+        if s.auth == "password":
+            return Salesforce(
+                username=s.username,
+                password=secret(s.password),
+                security_token=secret(s.security_token) or "",
+                domain=domain,
+                **common,
+            )
+        if s.auth == "oauth_password":
+            password = (secret(s.password) or "") + (secret(s.security_token) or "")
+            return Salesforce(
+                username=s.username,
+                password=password,
+                consumer_key=s.consumer_key,
+                consumer_secret=secret(s.consumer_secret),
+                domain=domain,
+                **common,
+            )
+        return Salesforce(
+            consumer_key=s.consumer_key,
+            consumer_secret=secret(s.consumer_secret),
+            domain=s.domain if s.domain not in ("login", "test") else "login",
+            **common,
+        )
+
+    @property
+    def client(self) -> Salesforce:
+        """One client per thread (requests sessions are not safe to share across threads)."""
+        sf: Salesforce | None = getattr(self._local, "sf", None)
+        if sf is None:
+            sf = self._call("log in", self._connect)
+            self._local.sf = sf
+        return sf
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        def attempt() -> T:
+            try:
+                return fn()
+            except Exception as exc:
+                raise classify(exc, what) from exc
+
+        return call_with_retry(self.settings.retry, attempt)
+
+    def close(self) -> None:
+        sf: Salesforce | None = getattr(self._local, "sf", None)
+        if sf is not None:
+            sf.session.close()
+            self._local.sf = None
+
+    # -- streams -------------------------------------------------------------------------------------------
+    def stream(self, name: str) -> SalesforceStream:
+        stream: SalesforceStream = getattr(self.mapping.salesforce, name)
+        return stream
+
+    def work_units(self) -> list[WorkUnit]:
+        return [WorkUnit(name) for name in STREAMS]
+
+    def _fields(self, stream: SalesforceStream) -> list[str]:
+        system = ["Id", CURSOR_FIELD] + ([] if stream.object in NO_IS_DELETED else ["IsDeleted"])
+        return system + list(stream.fields.values())
+
+    def build_query(self, stream: SalesforceStream, window: Window) -> str:
+        where = [soql.condition(f) for f in stream.filters]
+        if window.lower is not None:
+            where.append(f"{CURSOR_FIELD} >= {soql.literal(window.lower)}")
+        where.append(f"{CURSOR_FIELD} < {soql.literal(window.upper)}")
+        return soql.select(
+            stream.object, self._fields(stream), where=where, order_by=[f"{CURSOR_FIELD} ASC", "Id ASC"]
+        )
+
+    def _pages(self, query: str, *, include_deleted: bool, what: str) -> Iterator[list[dict[str, Any]]]:
+        headers = {"Sforce-Query-Options": f"batchSize={self.settings.page_size}"}
+        guard = PageGuard(what)
+        result = self._call(
+            what, lambda: self.client.query(query, include_deleted=include_deleted, headers=headers)
+        )
+        while True:
+            yield list(result.get("records") or [])
+            next_url = result.get("nextRecordsUrl")
+            if result.get("done", True) or not next_url:
+                break
+            guard.check(next_url)
+            result = self._call(
+                what,
+                lambda url=next_url: self.client.query_more(url, identifier_is_url=True, headers=headers),
+            )
+        usage = getattr(self.client, "api_usage", None)
+        if usage:
+            with self._lock:
+                self.api_usage = dict(usage)
+
+    def _to_record(self, name: str, stream: SalesforceStream, row: dict[str, Any]) -> SourceRecord:
+        stamp = parse_datetime(row.get(CURSOR_FIELD))
+        if stamp is None:
+            raise ConfigError(SOURCE, f"{stream.object} {row.get('Id')}: no {CURSOR_FIELD} in the answer")
+        data = {attribute: _field(row, path) for attribute, path in sorted(stream.fields.items())}
+        return SourceRecord(SOURCE, name, str(row["Id"]), stamp, data, deleted=bool(row.get("IsDeleted")))
+
+    def read(
+        self, unit: WorkUnit, cursor: str | None, *, upper: datetime, full: bool, reconcile: bool
+    ) -> Iterator[Batch]:
+        stream = self.stream(unit.stream)
+        lookback = timedelta(seconds=self.mapping.salesforce.lookback_seconds)
+        window = (
+            Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
+        )
+        what = f"read {stream.object}"
+        query = self.build_query(stream, window)
+        seen: set[str] | None = set() if window.full else None
+        pages = 0
+        for rows in self._pages(query, include_deleted=not window.full, what=what):
+            pages += 1
+            records = [self._to_record(unit.stream, stream, row) for row in rows]
+            if seen is not None:
+                seen.update(r.id for r in records if not r.deleted)
+            last = records[-1].updated_at if records else None
+            yield Batch(unit.stream, "", records, cursor=progressive_cursor(last, window), meta={"pages": 1})
+        live = seen
+        if live is None and reconcile:
+            live = self.live_ids(stream)
+        log.info("%s: %d pages (%s)", what, pages, "full" if window.full else "incremental")
+        yield Batch(unit.stream, "", [], cursor=iso(upper), final=True, live_ids=live, meta={"pages": 0})
+
+    def live_ids(self, stream: SalesforceStream) -> set[str]:
+        """Every id that exists now (no time bound: records created since are harmless here)."""
+        where = [soql.condition(f) for f in stream.filters]
+        query = soql.select(stream.object, ["Id"], where=where)
+        ids: set[str] = set()
+        for rows in self._pages(query, include_deleted=False, what=f"list {stream.object} ids"):
+            ids.update(str(r["Id"]) for r in rows)
+        return ids

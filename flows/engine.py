@@ -1,0 +1,252 @@
+"""The sync, as plain Python: pull each source into the store, unify, save the engagements.
+
+``flows.sync`` wraps these steps as Prefect tasks; tests and the benchmarks call them directly.
+Every batch is stored together with the cursor that covers it, so a run that dies at any point
+leaves the store where a re-run continues correctly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from accord.settings import AccordSettings
+from connectors.base import SourceConnector, WorkUnit
+from connectors.incremental import Batch
+from engagement.mapping import Mapping
+from engagement.model import UnifiedView
+from engagement.records import iso, parse_datetime
+from engagement.unify import Snapshot, unify
+from store import BatchResult, CursorUpdate, HealthChange, Store
+
+log = logging.getLogger("accord.sync")
+SOURCES = ("salesforce", "jira", "google_calendar")
+RECONCILED_SUFFIX = "#reconciled"
+
+
+@dataclass
+class StreamStats:
+    source: str
+    stream: str
+    partitions: int = 0
+    pages: int = 0
+    pulled: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    reconciled_deleted: int = 0
+    seconds: float = 0.0
+
+    def add_batch(self, batch: Batch, result: BatchResult) -> None:
+        self.pages += batch.meta.get("pages", 1)
+        self.pulled += len(batch.records)
+        self.inserted += result.inserted
+        self.updated += result.updated
+        self.unchanged += result.unchanged
+        self.deleted += result.deleted
+
+    @property
+    def changed(self) -> int:
+        return self.inserted + self.updated
+
+
+@dataclass
+class SourceReport:
+    source: str
+    streams: dict[str, StreamStats] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def stats(self, stream: str) -> StreamStats:
+        return self.streams.setdefault(stream, StreamStats(self.source, stream))
+
+
+@dataclass
+class SyncReport:
+    started_at: datetime
+    full: bool
+    sources: dict[str, SourceReport] = field(default_factory=dict)
+    view: UnifiedView | None = None
+    health_changes: list[HealthChange] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[SourceReport]:
+        return [s for s in self.sources.values() if s.error]
+
+    def to_json(self) -> dict[str, Any]:
+        view = self.view
+        return {
+            "started_at": iso(self.started_at),
+            "full": self.full,
+            "seconds": round(self.seconds, 3),
+            "sources": {
+                name: {
+                    "seconds": round(report.seconds, 3),
+                    "error": report.error,
+                    "streams": {
+                        stream: {k: v for k, v in vars(s).items() if k not in ("source", "stream")}
+                        for stream, s in sorted(report.streams.items())
+                    },
+                }
+                for name, report in sorted(self.sources.items())
+            },
+            "engagements": len(view.engagements) if view else None,
+            "health": view.health_counts() if view else None,
+            "unknown_stakeholders": len(view.unknown_stakeholders) if view else None,
+            "ambiguous_meetings": len(view.ambiguous_meetings) if view else None,
+            "health_changes": [
+                {"id": c.engagement_id, "from": c.previous, "to": c.current} for c in self.health_changes
+            ],
+        }
+
+
+def build_connector(source: str, settings: AccordSettings, mapping: Mapping) -> SourceConnector:
+    """The connector of ``source``, configured; a clear error when its settings are missing."""
+    if source == "salesforce":
+        from connectors.salesforce import SalesforceConnector
+
+        if settings.salesforce is None:
+            raise MissingSettingsError("salesforce", "ACCORD_SALESFORCE__*")
+        return SalesforceConnector(settings.salesforce, mapping)
+    if source == "jira":
+        from connectors.jira import JiraConnector
+
+        if settings.jira is None:
+            raise MissingSettingsError(
+                "jira", "ACCORD_JIRA__SERVER, ACCORD_JIRA__EMAIL, ACCORD_JIRA__API_TOKEN"
+            )
+        return JiraConnector(settings.jira, mapping)
+    if source == "google_calendar":
+        from connectors.google_calendar import CalendarConnector
+
+        if settings.google_calendar is None:
+            raise MissingSettingsError("google_calendar", "ACCORD_GOOGLE_CALENDAR__*")
+        return CalendarConnector(settings.google_calendar, mapping)
+    raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+
+
+class MissingSettingsError(ValueError):
+    def __init__(self, source: str, variables: str) -> None:
+        super().__init__(f"{source}: no connection settings; set {variables} or ACCORD_SANDBOX_CONTROL")
+
+
+def _reconcile_due(store: Store, source: str, unit: WorkUnit, every: timedelta, now: datetime) -> bool:
+    last = parse_datetime(store.get_cursor(source, unit.stream + RECONCILED_SUFFIX, unit.partition))
+    return last is None or now - last >= every
+
+
+def pull_unit(
+    connector: SourceConnector,
+    store: Store,
+    unit: WorkUnit,
+    *,
+    upper: datetime,
+    full: bool,
+    reconcile: bool,
+    stats: StreamStats,
+) -> None:
+    """Pull one unit: each batch stored with its cursor; a final batch with live ids reconciles."""
+    source = connector.source
+    cursor = None if full else store.get_cursor(source, unit.stream, unit.partition)
+    for batch in connector.read(unit, cursor, upper=upper, full=full, reconcile=reconcile):
+        update = CursorUpdate(source, unit.stream, unit.partition, batch.cursor) if batch.cursor else None
+        if batch.live_ids is not None:
+            result = store.apply_batch(batch.records)
+            stats.reconciled_deleted += store.reconcile(
+                source,
+                batch.stream,
+                batch.live_ids,
+                partition=batch.partition if batch.partition else None,
+                cursor=update,
+                stamp=upper,
+            )
+            store.set_cursor(
+                CursorUpdate(source, unit.stream + RECONCILED_SUFFIX, unit.partition, iso(upper))
+            )
+        else:
+            result = store.apply_batch(batch.records, update)
+        stats.add_batch(batch, result)
+
+
+def pull_source(
+    source: str,
+    settings: AccordSettings,
+    mapping: Mapping,
+    store: Store,
+    *,
+    upper: datetime,
+    full: bool,
+    reconcile: bool | None = None,
+    connector_factory: Callable[[str, AccordSettings, Mapping], SourceConnector] = build_connector,
+) -> SourceReport:
+    """Pull every unit of one source, up to the source's concurrency setting at a time."""
+    report = SourceReport(source)
+    started = time.perf_counter()
+    connector = connector_factory(source, settings, mapping)
+    try:
+        units = connector.work_units()
+        every = timedelta(hours=mapping.salesforce.reconcile_every_hours)
+        source_settings = getattr(settings, source)
+        workers = max(1, int(getattr(source_settings, "concurrency", 1)))
+
+        def run(unit: WorkUnit) -> None:
+            stats = report.stats(unit.stream)
+            due = reconcile if reconcile is not None else _reconcile_due(store, source, unit, every, upper)
+            unit_started = time.perf_counter()
+            pull_unit(connector, store, unit, upper=upper, full=full, reconcile=due, stats=stats)
+            stats.partitions += 1
+            stats.seconds += time.perf_counter() - unit_started
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"pull-{source}") as pool:
+            for future in [pool.submit(run, unit) for unit in units]:
+                future.result()
+    finally:
+        connector.close()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def unify_and_store(store: Store, mapping: Mapping, now: datetime) -> tuple[UnifiedView, list[HealthChange]]:
+    view = unify(Snapshot.from_records(store.iter_records()), mapping, now)
+    return view, store.save_view(view, now)
+
+
+def run_sync(
+    settings: AccordSettings,
+    mapping: Mapping,
+    store: Store,
+    *,
+    full: bool = False,
+    reconcile: bool | None = None,
+    now: datetime | None = None,
+    sources: tuple[str, ...] = SOURCES,
+) -> SyncReport:
+    """Pull all sources concurrently, then unify; failures of one source are reported, not hidden."""
+    started = now or datetime.now(UTC)
+    report = SyncReport(started_at=started, full=full)
+    clock = time.perf_counter()
+    run_id = store.start_run(full)
+    with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="pull") as pool:
+        futures = {
+            s: pool.submit(
+                pull_source, s, settings, mapping, store, upper=started, full=full, reconcile=reconcile
+            )
+            for s in sources
+        }
+        for source, future in futures.items():
+            try:
+                report.sources[source] = future.result()
+            except Exception as exc:
+                log.error("%s pull failed: %s", source, exc)
+                report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+    report.view, report.health_changes = unify_and_store(store, mapping, started)
+    report.seconds = time.perf_counter() - clock
+    store.finish_run(run_id, "failed" if report.failed else "completed", report.to_json())
+    return report

@@ -1,0 +1,102 @@
+"""How a sync reads for people: markdown for the Prefect UI, a plain table for the terminal.
+
+Engagement names and reasons appear (that is the product); contact emails and credentials never do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.engine import SyncReport
+
+HEALTH_MARK = {"green": "🟢 green", "amber": "🟠 amber", "red": "🔴 red"}
+
+
+def _md_escape(text: str) -> str:
+    """Neutralise markdown and HTML in values that come from the org (names, reasons)."""
+    out = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in "*_`[]#":
+        out = out.replace(ch, "\\" + ch)
+    return " ".join(out.split())
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sync_markdown(report: SyncReport, max_engagements: int = 200) -> str:
+    lines = [f"# Accord sync ({'full' if report.full else 'incremental'})", ""]
+    lines.append(f"Started {report.started_at:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f} s.")
+    lines.append("")
+    lines.append("| source | stream | pages | pulled | new | changed | deleted | reconciled deletes |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, source in sorted(report.sources.items()):
+        if source.error:
+            lines.append(f"| {name} | **failed**: {_md_escape(source.error)} | | | | | | |")
+            continue
+        for stream, s in sorted(source.streams.items()):
+            lines.append(
+                f"| {name} | {stream} | {s.pages} | {s.pulled} | {s.inserted} | {s.updated} | {s.deleted} "
+                f"| {s.reconciled_deleted} |"
+            )
+    view = report.view
+    if view is None:
+        return "\n".join(lines)
+    counts = view.health_counts()
+    lines += [
+        "",
+        f"**Engagements:** {len(view.engagements)} — "
+        + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
+        f"**Unknown stakeholders to review:** {len(view.unknown_stakeholders)} — "
+        f"**ambiguous meetings:** {len(view.ambiguous_meetings)}",
+        "",
+    ]
+    if report.health_changes:
+        lines.append(f"**Health changes this run:** {len(report.health_changes)}")
+        lines.append("")
+    lines += engagement_markdown([e.summary_json() for e in view.engagements], max_engagements)
+    return "\n".join(lines)
+
+
+def engagement_markdown(rows: list[dict[str, Any]], limit: int = 200) -> list[str]:
+    order = {"red": 0, "amber": 1, "green": 2}
+    rows = sorted(rows, key=lambda r: (order.get(r["health"], 3), r["client"], r["id"]))
+    lines = [
+        "| health | engagement | client | stage | progress | last client meeting | next | reasons |",
+        "|---|---|---|---|---:|---|---|---|",
+    ]
+    for r in rows[:limit]:
+        reasons = "; ".join(r["reasons"]) or "—"
+        lines.append(
+            f"| {HEALTH_MARK.get(r['health'], r['health'])} | {_md_escape(_short(r['name']))} "
+            f"| {_md_escape(_short(r['client'], 40))} | {r['stage']} | {r['progress']:.0f}% "
+            f"| {(r['last_client_meeting'] or '—')[:10]} | {(r['next_client_meeting'] or '—')[:10]} "
+            f"| {_md_escape(reasons)} |"
+        )
+    if len(rows) > limit:
+        lines.append(f"| … | {len(rows) - limit} more | | | | | | |")
+    return lines
+
+
+def engagement_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width table for `accord status`."""
+    order = {"red": 0, "amber": 1, "green": 2}
+    rows = sorted(rows, key=lambda r: (order.get(r["health"], 3), r["client"], r["id"]))
+    columns = (
+        ("HEALTH", 6),
+        ("STAGE", 10),
+        ("DONE", 5),
+        ("LAST MTG", 10),
+        ("NEXT MTG", 10),
+        ("ENGAGEMENT", 44),
+    )
+    header = "  ".join(f"{title:<{width}}" for title, width in columns) + "  REASONS"
+    out = [header, "-" * len(header)]
+    for r in rows:
+        name = " ".join(_short(r["name"], 44).split())
+        reasons = "; ".join(r["reasons"]) or "-"
+        last = (r["last_client_meeting"] or "-")[:10]
+        upcoming = (r["next_client_meeting"] or "-")[:10]
+        cells = (r["health"], 6), (r["stage"], 10), (f"{r['progress']:>4.0f}%", 5), (last, 10), (upcoming, 10)
+        out.append("  ".join(f"{v:<{w}}" for v, w in cells) + f"  {name:<44}  {reasons}")
+    return "\n".join(out)

@@ -1,0 +1,90 @@
+"""The sync flow: pull the three sources concurrently, unify, store, and report in the Prefect UI.
+
+Thin wiring over ``flows.engine``: each source is a task (so the UI shows which one failed and
+why), and the run ends with a markdown artifact of counts and an engagement table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
+
+from accord.settings import AccordSettings, load_settings
+from engagement.mapping import Mapping, load_mapping
+from flows.engine import SOURCES, SourceReport, SyncReport, pull_source, unify_and_store
+from flows.report import sync_markdown
+from store import Store
+
+
+class SyncFailedError(RuntimeError):
+    """Some sources could not be pulled; the others were stored and the engagements updated."""
+
+
+@task(name="pull", task_run_name="pull-{source}", retries=0)
+def pull_task(
+    source: str, settings: AccordSettings, mapping: Mapping, store_url: str, upper: datetime, full: bool
+) -> SourceReport:
+    logger = get_run_logger()
+    store = Store(store_url)
+    try:
+        report = pull_source(source, settings, mapping, store, upper=upper, full=full)
+    finally:
+        store.dispose()
+    for stream, s in sorted(report.streams.items()):
+        logger.info(
+            "%s.%s: %d pulled in %d pages, %d changed, %d deleted (%d by reconciliation)",
+            source,
+            stream,
+            s.pulled,
+            s.pages,
+            s.changed,
+            s.deleted,
+            s.reconciled_deleted,
+        )
+    return report
+
+
+@flow(name="accord-sync", log_prints=False)
+def sync_flow(full: bool = False, mapping_path: str | None = None) -> dict[str, Any]:
+    """Pull Salesforce, Jira and Google Calendar, unify into engagements, store them.
+
+    ``full`` re-reads everything instead of continuing from the stored cursors.
+    """
+    logger = get_run_logger()
+    settings = load_settings()
+    mapping = load_mapping(mapping_path or settings.mapping)
+    return run_sync_flow(settings, mapping, full=full, logger=logger)
+
+
+def run_sync_flow(settings: AccordSettings, mapping: Mapping, *, full: bool, logger: Any) -> dict[str, Any]:
+    store = Store(settings.database_url)
+    store.create_all()
+    started = datetime.now(UTC)
+    report = SyncReport(started_at=started, full=full)
+    run_id = store.start_run(full)
+    futures: dict[str, PrefectFuture[SourceReport]] = {
+        source: pull_task.submit(source, settings, mapping, settings.database_url, started, full)
+        for source in SOURCES
+    }
+    for source, future in futures.items():
+        try:
+            report.sources[source] = future.result()
+        except Exception as exc:
+            report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+            logger.error("%s could not be pulled: %s", source, exc)
+    report.view, report.health_changes = unify_and_store(store, mapping, started)
+    report.seconds = (datetime.now(UTC) - started).total_seconds()
+    store.finish_run(run_id, "failed" if report.failed else "completed", report.to_json())
+    store.dispose()
+    create_markdown_artifact(
+        key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
+    )
+    logger.info("engagements by health: %s", report.view.health_counts())
+    if report.failed:
+        names = ", ".join(f"{s.source} ({s.error})" for s in report.failed)
+        raise SyncFailedError(f"could not pull {names}; the other sources were stored")
+    return report.to_json()
