@@ -241,7 +241,8 @@ class CalendarEvent:
             if a.get("email")
         )
         return cls(
-            id=r.id,
+            # The same meeting sits on every invited calendar under one event id: that id is the identity.
+            id=str(d.get("event_id") or r.id),
             calendar=r.partition or str(d.get("calendar") or ""),
             summary=str(d.get("summary") or ""),
             start=start,
