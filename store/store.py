@@ -302,7 +302,7 @@ class Store:
             }
             rows = []
             for e in view.engagements:
-                payload = e.to_json()
+                payload = {"summary": e.summary_json(), "detail": e.to_json()}
                 digest = _digest(payload)
                 previous = before.get(e.id)
                 if previous is not None and previous[0] == digest:
@@ -349,6 +349,7 @@ class Store:
         return changes
 
     def load_engagements(self) -> list[dict[str, Any]]:
+        """Stored engagements: each ``{"summary": {...}, "detail": {...}}``, by id."""
         with self.engine.connect() as conn:
             return [
                 row.payload for row in conn.execute(select(engagements.c.payload).order_by(engagements.c.id))

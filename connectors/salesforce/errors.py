@@ -18,15 +18,18 @@ from connectors.errors import (
 )
 
 SOURCE = "salesforce"
+# OAuth 2.0 error codes that mean "try again later" (RFC 6749 section 5.2 and 4.1.2.1).
+TRANSIENT_LOGIN_CODES = frozenset({"server_error", "temporarily_unavailable"})
 
 
 def _first_error(content: Any) -> tuple[str, str]:
     """(errorCode, message) of Salesforce's JSON error list; never the raw body."""
     if isinstance(content, list) and content and isinstance(content[0], dict):
         first = content[0]
-        return str(first.get("errorCode") or first.get("statusCode") or ""), str(first.get("message") or "")[
-            :300
-        ]
+        message = str(first.get("message") or "")
+        if "ERROR at Row" in message:  # query errors echo the SOQL, then the reason after the position
+            message = message.split("ERROR at Row", 1)[1].partition("\n")[2]
+        return str(first.get("errorCode") or first.get("statusCode") or ""), " ".join(message.split())[:300]
     return "", ""
 
 
@@ -35,7 +38,10 @@ def classify(exc: BaseException, what: str) -> ConnectorError:
     if isinstance(exc, ConnectorError):
         return exc
     if isinstance(exc, sfe.SalesforceAuthenticationFailed):
-        return AuthError(SOURCE, f"{what}: login failed ({exc.code}); check the Salesforce credentials")
+        code = exc.code
+        if code in TRANSIENT_LOGIN_CODES or (isinstance(code, int) and code >= 500):
+            return TransientError(SOURCE, f"{what}: login endpoint unavailable ({code})")
+        return AuthError(SOURCE, f"{what}: login failed ({code}); check the Salesforce credentials")
     if isinstance(exc, sfe.SalesforceExpiredSession):
         return AuthError(
             SOURCE,
