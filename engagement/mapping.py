@@ -66,9 +66,6 @@ class SalesforceMapping(Strict):
     opportunities: SalesforceStream
     contact_roles: SalesforceStream
     users: SalesforceStream
-    client_domains_field: SalesforceName | None = Field(
-        default=None, description="Account field holding the client's email domains, separated by ; or ,"
-    )
     lookback_seconds: int = Field(default=300, ge=0, le=86400)
     reconcile_every_hours: float = Field(
         default=24, gt=0, description="How often a full id-set read catches hard deletes."
