@@ -30,6 +30,8 @@ class ControlApp(ApiApp):
         self.add_route("PATCH", rf"/faults/{api}", "faults.set", self.set_faults)
         self.add_route("DELETE", r"/faults", "faults.reset", self.reset_faults)
         self.add_route("POST", rf"/credentials/{api}/expire", "credentials.expire", self.expire)
+        self.add_route("POST", rf"/credentials/{api}/restore", "credentials.restore", self.restore)
+        self.add_route("POST", r"/google_calendar/sync-tokens/invalidate", "sync_tokens.invalidate", self.invalidate)
         self.add_route("POST", r"/mutate", "mutate", self.mutate)
         self.add_route("POST", r"/release", "release", self.release)
         self.add_route("POST", r"/clock/advance", "clock.advance", self.advance_clock)
@@ -90,6 +92,18 @@ class ControlApp(ApiApp):
 
     def expire(self, request: Request) -> Response:
         self.sandbox.apps[request.params["api"]].expire_credentials()
+        return Response.empty()
+
+    def restore(self, request: Request) -> Response:
+        restore = getattr(self.sandbox.apps[request.params["api"]], "restore_credentials", None)
+        if restore is None:
+            return self.bad_request(request, "this API renews credentials by logging in again; nothing to restore")
+        restore()
+        return Response.empty()
+
+    def invalidate(self, request: Request) -> Response:
+        calendar = self._body(request).get("calendar_id")
+        self.sandbox.calendar_store.invalidate_sync_tokens(str(calendar) if calendar else None)
         return Response.empty()
 
     def mutate(self, request: Request) -> Response:
