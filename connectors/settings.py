@@ -66,10 +66,12 @@ class JiraSettings(_Settings):
     concurrency: int = Field(default=4, ge=1, le=20)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     library_max_retries: int = Field(
-        default=2,
+        default=0,
         ge=0,
         le=5,
-        description="Retries the jira library's own session makes on 429/503 before ours see the error",
+        description="Retries the jira library's own session makes on 429/503/connection errors, with "
+        "sleeps of its own (up to 60 s each), before Accord's policy (`retry`) sees the error. 0 keeps "
+        "one retry layer: Accord's, which honours Retry-After within retry.max_wait_s",
     )
 
 
@@ -85,6 +87,14 @@ class GoogleCalendarSettings(_Settings):
     service_account_file: str | None = Field(
         default=None, description="Service account JSON key with domain-wide delegation"
     )
+    subject: str | None = Field(
+        default=None,
+        description="Service account: the user to act as (domain-wide delegation), e.g. to list calendars",
+    )
+    delegate_per_calendar: bool = Field(
+        default=False,
+        description="Service account: act as each calendar's owner (the calendar id) when reading it",
+    )
     ca_cert: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     concurrency: int = Field(default=4, ge=1, le=20)
@@ -95,4 +105,12 @@ class GoogleCalendarSettings(_Settings):
     def _some_credential(self) -> GoogleCalendarSettings:
         if not (self.token or self.refresh_token or self.service_account_file):
             raise ValueError("google_calendar needs token, refresh_token (+ client) or service_account_file")
+        return self
+
+    @model_validator(mode="after")
+    def _complete_credential(self) -> GoogleCalendarSettings:
+        if self.refresh_token and not (self.client_id and self.client_secret):
+            raise ValueError("google_calendar refresh_token needs client_id and client_secret")
+        if (self.subject or self.delegate_per_calendar) and not self.service_account_file:
+            raise ValueError("google_calendar subject / delegate_per_calendar need service_account_file")
         return self

@@ -67,8 +67,8 @@ class SalesforceConnector:
     def __init__(self, settings: SalesforceSettings, mapping: Mapping) -> None:
         self.settings = settings
         self.mapping = mapping
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self._sf: Salesforce | None = None
+        self._lock = threading.RLock()
         self.api_usage: dict[str, Any] = {}
 
     # -- client ----------------------------------------------------------------------------------------
@@ -81,6 +81,7 @@ class SalesforceConnector:
             login_host=f"https://{domain}.salesforce.com",
             ca_cert=s.ca_cert,
             timeout=s.timeout_s,
+            pool_size=s.concurrency,
         )
         common: dict[str, Any] = {"session": session, "version": s.api_version}
         if s.auth == "session":
@@ -112,12 +113,12 @@ class SalesforceConnector:
 
     @property
     def client(self) -> Salesforce:
-        """One client per thread (requests sessions are not safe to share across threads)."""
-        sf: Salesforce | None = getattr(self._local, "sf", None)
-        if sf is None:
-            sf = self._call("log in", self._connect)
-            self._local.sf = sf
-        return sf
+        """One client, logged in once, shared by the worker threads (urllib3's pool is thread-safe
+        and sized to the concurrency setting); a renewed session is seen by all of them."""
+        with self._lock:
+            if self._sf is None:
+                self._sf = self._call("log in", self._connect)
+            return self._sf
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         def attempt() -> T:
@@ -129,10 +130,10 @@ class SalesforceConnector:
         return call_with_retry(self.settings.retry, attempt)
 
     def close(self) -> None:
-        sf: Salesforce | None = getattr(self._local, "sf", None)
-        if sf is not None:
-            sf.session.close()
-            self._local.sf = None
+        with self._lock:
+            if self._sf is not None:
+                self._sf.session.close()
+                self._sf = None
 
     # -- streams -------------------------------------------------------------------------------------------
     def stream(self, name: str) -> SalesforceStream:

@@ -16,8 +16,8 @@ from requests.adapters import HTTPAdapter
 
 
 class LocalEndpointAdapter(HTTPAdapter):
-    def __init__(self, rewrites: dict[str, str], timeout: float) -> None:
-        super().__init__()
+    def __init__(self, rewrites: dict[str, str], timeout: float, pool_size: int = 10) -> None:
+        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size)
         self.rewrites = {k.rstrip("/"): v.rstrip("/") for k, v in rewrites.items()}
         self.timeout = timeout
 
@@ -44,6 +44,7 @@ def build_session(
     login_host: str,
     ca_cert: str | None,
     timeout: float,
+    pool_size: int = 10,
 ) -> requests.Session:
     """A session for simple-salesforce.
 
@@ -59,7 +60,7 @@ def build_session(
             origin = _origin(url)
             rewrites[origin.replace("http://", "https://", 1)] = origin
     session = requests.Session()
-    adapter = LocalEndpointAdapter(rewrites, timeout)
+    adapter = LocalEndpointAdapter(rewrites, timeout, pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     if ca_cert:

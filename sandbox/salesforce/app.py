@@ -15,6 +15,7 @@ import hmac
 import secrets
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -197,12 +198,13 @@ class SalesforceApp(ApiApp):
         return token.strip()
 
     def _session(self, token: str | None, now: datetime) -> _Session | None:
-        session = self._sessions.get(token) if token else None
-        if session is None:
+        """The live session for ``token`` (caller holds the lock); an idle-expired one is dropped."""
+        if token is None or token not in self._sessions:
             return None
+        session = self._sessions[token]
         ttl = self.session_ttl_seconds
         if ttl is not None and now - session.last_used > timedelta(seconds=ttl):
-            del self._sessions[token]  # type: ignore[arg-type]  # token is set when a session was found
+            del self._sessions[token]
             return None
         return session
 
@@ -244,14 +246,32 @@ class SalesforceApp(ApiApp):
     def bad_request(self, request: Request, message: str) -> Response:
         return errors(400, "JSON_PARSER_ERROR", message)
 
+    def _login_unavailable(self, request: Request, status: int) -> Response | None:
+        """A login endpoint's own "try again later": an OAuth error or a SOAP fault, not a data error list."""
+        if request.path.startswith("/services/oauth2/"):
+            description = "the service is temporarily unavailable, please try again later"
+            return Response.json(
+                {"error": "temporarily_unavailable", "error_description": description}, status
+            )
+        if request.path.startswith("/services/Soap/"):
+            return _soap_fault(
+                "SERVER_UNAVAILABLE", "Server temporarily unavailable, please try again later."
+            )
+        return None
+
     def rate_limited(self, request: Request, retry_after_s: int) -> Response:
         # Salesforce throttles concurrent long-running requests with this 403 and no Retry-After; the
         # sandbox adds one so well-behaved clients can back off (see README).
-        response = errors(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
+        response = self._login_unavailable(request, 503) or errors(
+            403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."
+        )
         response.headers["Retry-After"] = str(retry_after_s)
         return response
 
     def server_error(self, request: Request, status: int) -> Response:
+        login = self._login_unavailable(request, status)
+        if login is not None:
+            return login
         if status == 500:
             return errors(
                 500,
@@ -694,7 +714,9 @@ class SalesforceApp(ApiApp):
             return str(value) if value else None
         return None
 
-    def _save_all(self, items: list[Any], all_or_none: bool, save: Any) -> Response:
+    def _save_all(
+        self, items: list[Any], all_or_none: bool, save: Callable[[Any], dict[str, Any]]
+    ) -> Response:
         """Run ``save(item) -> result`` per item; with all-or-none, undo everything when one fails."""
         results: list[dict[str, Any]] = []
         with self.store.journal() as journal:

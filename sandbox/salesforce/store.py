@@ -366,6 +366,13 @@ class SalesforceStore:
                 return str(account)
         return None
 
+    def object_name(self, record_id: str) -> str:
+        """The object of a stored record's id (``KeyError`` for an id of no known object)."""
+        obj = self.schema.object_for_id(record_id)
+        if obj is None:
+            raise KeyError(record_id)
+        return obj.name
+
     def lookup(self, record_id: str) -> Record | None:
         """Any stored record (live or in the recycle bin) by its 18-character id."""
         return self._index.get(record_id)
@@ -1009,7 +1016,7 @@ class _MutationPlanner:
         record = self.rng.choice(binned)
         record_id = record["Id"]
         restored = [
-            (self.schema.object_for_id(i).name, i)  # type: ignore[union-attr]  # cascaded ids are stored ids
+            (self.store.object_name(i), i)
             for i in self.store._cascaded.get(record_id, [])
             if (child := self.store._index.get(i)) is not None and child.get("IsDeleted", False)
         ]

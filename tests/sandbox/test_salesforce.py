@@ -709,6 +709,12 @@ def test_composite_collections(own_org: Org) -> None:
     assert updates[0] == {"id": results[0]["id"], "success": True, "errors": []}
     assert updates[1]["success"] is False and updates[1]["id"] == "0035g00000NotThere"
     assert sf.Contact.get(results[0]["id"])["Title"] == "Sponsor"
+    retrieved = sf.restful(
+        "composite/sobjects/Contact",
+        params={"ids": f"{results[0]['id']},0035g00000NotThere", "fields": "Title,Name"},
+    )
+    assert retrieved[1] is None
+    assert {k: v for k, v in retrieved[0].items() if k != "attributes"} == {"Title": "Sponsor", "Name": "One"}
 
     upserted = sf.restful(
         "composite/sobjects/Task/Accord_Key__c",
@@ -774,6 +780,9 @@ def test_bulk2_query_pages_csv(own_org: Org) -> None:
     assert states.count("bulk2.query.results") == len(pages)
     all_rows = "".join(sf.bulk2.Contact.query_all("SELECT Id, IsDeleted FROM Contact", wait=0))
     assert f'"{deleted_id}","true"' in all_rows
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        list(sf.bulk2.Contact.query("SELECT Id, Shoe_Size__c FROM Contact", wait=0))
+    assert error_of(raised)["errorCode"] == "INVALID_FIELD"
 
 
 # -- limits and faults -------------------------------------------------------------------------------------
@@ -813,6 +822,13 @@ def test_injected_throttling_and_server_errors(own_org: Org) -> None:
         sf.query("SELECT Id FROM Account")
     assert failed.value.status in (500, 502, 503)
     assert failed.value.content[0]["errorCode"] in ("UNKNOWN_EXCEPTION", "SERVER_UNAVAILABLE")
+    with pytest.raises(SalesforceAuthenticationFailed) as soap_down:
+        org.soap()
+    assert soap_down.value.code == "SERVER_UNAVAILABLE"  # a login endpoint answers in its own shape
+    org.app.faults.configure(rate_5xx=0.0, rate_429=1.0)
+    with pytest.raises(SalesforceAuthenticationFailed) as oauth_down:
+        org.oauth()
+    assert oauth_down.value.code == "temporarily_unavailable"
     org.app.faults.reset()
     assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == len(org.world.clients)
 

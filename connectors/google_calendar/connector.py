@@ -1,0 +1,320 @@
+"""Google Calendar through google-api-python-client: per calendar a full sync, then syncToken
+increments; a stale token (410 ``fullSyncRequired``) re-syncs that calendar alone.
+
+One stream, ``events``, with one work unit per calendar (partition = calendar id). A full sync
+lists the calendar's meetings in ``[upper - past_days, upper + future_days)`` with recurring series
+expanded into instances (``singleEvents``), page by page, and ends with the calendar's
+``nextSyncToken`` as cursor and every id it saw, so stored meetings no longer there are marked
+deleted (in this calendar only). An increment sends only the sync token (Google forbids the window
+parameters with it, API-NOTES 3.2) and hands over exactly what changed since; cancelled events and
+instances become deleted records.
+
+The token is tied to the window of the full sync that issued it, so a reconciling read (due daily
+by default, see ``flows.engine``) is a full sync: it moves the window on with time and catches
+anything a token could miss.
+
+The same meeting sits on every invited calendar under one event id, so a record's id is
+``{calendar id}/{event id}`` and ``data["event_id"]`` carries the meeting's identity.
+
+Retries: googleapiclient retries nothing unless ``execute(num_retries=N)`` is passed (API-NOTES 3.4),
+so it runs with 0 and tenacity (``connectors.retry``) is the one retry layer. Below it, google-auth
+refreshes the access token once on a 401 and replays the request, and httplib2 replays a request
+once when a kept-alive connection turns out dead; neither touches 429 or 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httplib2
+from google_auth_httplib2 import AuthorizedHttp
+from googleapiclient import discovery
+
+from connectors.base import WorkUnit
+from connectors.errors import ConnectorError
+from connectors.google_calendar.credentials import build_credentials
+from connectors.google_calendar.errors import SOURCE, FullSyncRequiredError, classify
+from connectors.incremental import Batch, PageGuard
+from connectors.retry import call_with_retry
+from connectors.settings import GoogleCalendarSettings
+from engagement.mapping import Mapping
+from engagement.records import SourceRecord, iso, parse_datetime
+
+log = logging.getLogger("accord.connectors.google_calendar")
+
+STREAM = "events"
+CALENDAR_LIST_MAX = 250  # calendarList.list answers at most 250 entries a page
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str | None) -> tzinfo:
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown calendar time zone %r; reading all-day dates in UTC", name)
+        return UTC
+
+
+def _moment(value: Any, where: tzinfo) -> tuple[datetime | None, bool]:
+    """An event start/end as an aware UTC instant, and whether it was an all-day date.
+
+    All-day dates (``{"date": "2024-05-01"}``, end exclusive) begin at midnight in the calendar's zone.
+    """
+    if not isinstance(value, dict):
+        return None, False
+    if value.get("dateTime"):
+        return parse_datetime(value["dateTime"]), False
+    if value.get("date"):
+        day = datetime.fromisoformat(str(value["date"])[:10])
+        return day.replace(tzinfo=where).astimezone(UTC), True
+    return None, False
+
+
+def to_record(calendar_id: str, item: dict[str, Any], where: tzinfo, fallback: datetime) -> SourceRecord:
+    """One event (or expanded instance) of ``calendar_id`` as a record; cancelled ones are deleted.
+
+    ``where`` is the calendar's zone (for all-day dates); ``fallback`` stamps tombstones that come
+    without ``updated`` (Google guarantees deleted events only their id).
+    """
+    event_id = str(item["id"])
+    record_id = f"{calendar_id}/{event_id}"
+    stamp = parse_datetime(item.get("updated")) or fallback
+    status = str(item.get("status") or "confirmed")
+    recurring = item.get("recurringEventId")
+    if status == "cancelled":
+        tombstone = {
+            "event_id": event_id,
+            "calendar": calendar_id,
+            "status": status,
+            "recurring_event_id": recurring,
+        }
+        return SourceRecord(SOURCE, STREAM, record_id, stamp, tombstone, deleted=True, partition=calendar_id)
+    start, all_day = _moment(item.get("start"), where)
+    end, _ = _moment(item.get("end"), where)
+    organizer = item.get("organizer") or {}
+    attendees = [
+        {
+            "email": str(a["email"]),
+            "response": str(a.get("responseStatus") or "needsAction"),
+            "organizer": bool(a.get("organizer")),
+        }
+        for a in item.get("attendees") or ()
+        if a.get("email") and not a.get("resource")  # meeting rooms are not people
+    ]
+    data = {
+        "event_id": event_id,
+        "calendar": calendar_id,
+        "summary": item.get("summary") or "",
+        "start": iso(start),
+        "end": iso(end),
+        "all_day": all_day,
+        "status": status,
+        "organizer": organizer.get("email"),
+        "attendees": attendees,
+        "recurring_event_id": recurring,
+    }
+    return SourceRecord(SOURCE, STREAM, record_id, stamp, data, partition=calendar_id)
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    items: list[dict[str, Any]]
+    time_zone: str | None
+    last: bool
+    sync_token: str | None  # Google hands it out on the last page only
+
+
+class CalendarConnector:
+    source = SOURCE
+
+    def __init__(self, settings: GoogleCalendarSettings, mapping: Mapping) -> None:
+        self.settings = settings
+        self.mapping = mapping
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []  # every service built, on any thread, so close() reaches them all
+
+    # -- client ----------------------------------------------------------------------------------------
+    def _build(self, subject: str | None) -> Any:
+        s = self.settings
+        transport = httplib2.Http(timeout=s.timeout_s, ca_certs=s.ca_cert)
+        http = AuthorizedHttp(build_credentials(s, subject=subject), http=transport)
+        service = discovery.build(
+            "calendar",
+            "v3",
+            http=http,
+            client_options={"api_endpoint": s.api_endpoint} if s.api_endpoint else None,
+            static_discovery=True,  # the wheel ships the discovery document: no network here
+            cache_discovery=False,
+        )
+        with self._lock:
+            self._open.append(service)
+        return service
+
+    def service(self, subject: str | None = None) -> Any:
+        """The Calendar service of this thread (httplib2 is not thread-safe), per delegated user."""
+        services: dict[str | None, Any] | None = getattr(self._local, "services", None)
+        if services is None:
+            services = self._local.services = {}
+        found = services.get(subject)
+        if found is None:
+            try:
+                found = services[subject] = self._build(subject)
+            except ConnectorError:
+                raise
+            except Exception as exc:
+                raise classify(exc, "build the Calendar client") from exc
+        return found
+
+    def _subject(self, calendar_id: str) -> str | None:
+        return calendar_id if self.settings.delegate_per_calendar else None
+
+    def _execute(self, what: str, request: Callable[[], Any]) -> dict[str, Any]:
+        """One API call under the retry policy; ``request`` builds a fresh HttpRequest per attempt."""
+
+        def attempt() -> dict[str, Any]:
+            try:
+                result: dict[str, Any] = request().execute(num_retries=0)
+            except Exception as exc:
+                raise classify(exc, what) from exc
+            return result
+
+        return call_with_retry(self.settings.retry, attempt)
+
+    def close(self) -> None:
+        with self._lock:
+            services, self._open = self._open, []
+        for service in services:
+            service.close()
+        self._local = threading.local()
+
+    # -- calendars -------------------------------------------------------------------------------------
+    def calendar_ids(self) -> list[str]:
+        """The calendars to read: the listed ones, or every visible one in an internal domain."""
+        config = self.mapping.google_calendar
+        if config.calendars == "listed":
+            return list(dict.fromkeys(config.calendar_ids))
+        domains = {d.lower() for d in self.mapping.identity.internal_domains}
+        service = self.service()
+        guard = PageGuard("list calendars")
+        found: set[str] = set()
+        page_token: str | None = None
+        while True:
+
+            def request(token: str | None = page_token) -> Any:
+                return service.calendarList().list(
+                    maxResults=min(self.settings.page_size, CALENDAR_LIST_MAX),
+                    minAccessRole="reader",
+                    pageToken=token,
+                )
+
+            page = self._execute("list calendars", request)
+            for entry in page.get("items") or ():
+                calendar_id = str(entry.get("id") or "")
+                if calendar_id.rpartition("@")[2].lower() in domains and not entry.get("deleted"):
+                    found.add(calendar_id)
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                break
+            guard.check(page_token)
+        log.info("calendars: %d in internal domains", len(found))
+        return sorted(found)
+
+    def work_units(self) -> list[WorkUnit]:
+        return [WorkUnit(STREAM, calendar_id) for calendar_id in self.calendar_ids()]
+
+    # -- events ----------------------------------------------------------------------------------------
+    def pages(self, calendar_id: str, params: dict[str, Any], what: str) -> Iterator[EventsPage]:
+        """events.list page by page: each page is handed over before the next one is asked for."""
+        service = self.service(self._subject(calendar_id))
+        guard = PageGuard(what)
+        page_token: str | None = None
+        while True:
+
+            def request(token: str | None = page_token) -> Any:
+                return service.events().list(calendarId=calendar_id, pageToken=token, **params)
+
+            response = self._execute(what, request)
+            next_page = response.get("nextPageToken")
+            yield EventsPage(
+                list(response.get("items") or ()),
+                response.get("timeZone"),
+                last=not next_page,
+                sync_token=None if next_page else response.get("nextSyncToken"),
+            )
+            if not next_page:
+                return
+            guard.check(next_page)
+            page_token = next_page
+
+    def read(
+        self, unit: WorkUnit, cursor: str | None, *, upper: datetime, full: bool, reconcile: bool
+    ) -> Iterator[Batch]:
+        calendar_id = unit.partition
+        if full or reconcile or not cursor:
+            yield from self.full_sync(calendar_id, upper)
+            return
+        try:
+            yield from self.incremental(calendar_id, cursor, upper)
+        except FullSyncRequiredError:
+            log.warning("calendar %s: sync token no longer valid (410); syncing it afresh", calendar_id)
+            yield from self.full_sync(calendar_id, upper)
+
+    def full_sync(self, calendar_id: str, upper: datetime) -> Iterator[Batch]:
+        """Every meeting of the window; the final batch's ids reconcile this calendar's partition."""
+        window = self.mapping.google_calendar
+        params = {
+            "singleEvents": True,
+            "timeMin": iso(upper - timedelta(days=window.past_days)),
+            "timeMax": iso(upper + timedelta(days=window.future_days)),
+            "maxResults": self.settings.page_size,
+        }
+        live: set[str] = set()
+        pages = 0
+        for page in self.pages(calendar_id, params, f"full sync of calendar {calendar_id}"):
+            pages += 1
+            records = self._records(calendar_id, page, upper)
+            live.update(r.id for r in records if not r.deleted)
+            if not page.last:
+                yield Batch(STREAM, calendar_id, records, meta={"pages": 1})
+                continue
+            if page.sync_token is None:
+                log.warning("calendar %s: full sync ended without a sync token", calendar_id)
+            log.info("calendar %s: full sync, %d pages, %d events", calendar_id, pages, len(live))
+            yield Batch(
+                STREAM,
+                calendar_id,
+                records,
+                cursor=page.sync_token,
+                final=True,
+                live_ids=live,
+                meta={"pages": 1},
+            )
+
+    def incremental(self, calendar_id: str, sync_token: str, upper: datetime) -> Iterator[Batch]:
+        """What changed since ``sync_token``; the new token is committed with the last page."""
+        params = {"syncToken": sync_token, "singleEvents": True, "maxResults": self.settings.page_size}
+        pages = changed = 0
+        for page in self.pages(calendar_id, params, f"sync calendar {calendar_id}"):
+            pages += 1
+            records = self._records(calendar_id, page, upper)
+            changed += len(records)
+            if not page.last:
+                yield Batch(STREAM, calendar_id, records, meta={"pages": 1})
+                continue
+            log.info("calendar %s: incremental, %d pages, %d changes", calendar_id, pages, changed)
+            yield Batch(STREAM, calendar_id, records, cursor=page.sync_token, final=True, meta={"pages": 1})
+
+    @staticmethod
+    def _records(calendar_id: str, page: EventsPage, upper: datetime) -> list[SourceRecord]:
+        where = _zone(page.time_zone)
+        return [to_record(calendar_id, item, where, upper) for item in page.items if item.get("id")]
