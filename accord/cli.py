@@ -49,10 +49,13 @@ def _sandbox_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     with sandbox:
         print(json.dumps(sandbox.info()), flush=True)
-        counts = {k: v for api in sandbox.counts().values() for k, v in api.items()}
+        counts = "; ".join(
+            f"{api}: " + ", ".join(f"{k}={v}" for k, v in sorted(c.items()) if v)
+            for api, c in sandbox.counts().items()
+        )
         print(
             f"sandbox up: size={args.size} seed={args.seed} in {time.perf_counter() - started:.1f}s "
-            f"({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}); Ctrl-C to stop",
+            f"({counts}); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )
@@ -83,6 +86,8 @@ def _sandbox_requests(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
+    if not summary["summary"]:
+        print("no requests recorded yet")
     for api, endpoints in summary["summary"].items():
         if args.api and api != args.api:
             continue

@@ -28,8 +28,8 @@ def run_demo(size: str = "small", seed: int = 1, workdir: Path | None = None) ->
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     _say(f"starting the sandbox ({size} org, seed {seed})")
     with Sandbox(SandboxOptions(size=size, seed=seed)) as sandbox:
-        counts = {k: v for api in sandbox.counts().values() for k, v in api.items()}
-        print("   " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        for api, counts in sandbox.counts().items():
+            print(f"   {api}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
         os.environ["ACCORD_SANDBOX_CONTROL"] = str(sandbox.info()["control"])
         os.environ["ACCORD_DATABASE_URL"] = f"sqlite:///{database}"
         os.environ.setdefault(

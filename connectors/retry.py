@@ -2,8 +2,8 @@
 
 Only ``TransientError`` is retried. The caps are settings (``RetrySettings``) so an ops person can
 trade latency for resilience. Know what the library already retries: the jira library's
-ResilientSession retries 429/503 itself, so the Jira connector passes a policy with fewer attempts
-for those (see connectors.jira).
+ResilientSession retries 429/503 itself, so the Jira connector turns that off (max_retries=0) and
+this policy is the only retry layer; googleapiclient retries only when asked (num_retries=0 here).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class JiraMapping(Strict):
 class CalendarMapping(Strict):
     calendars: Literal["internal", "listed"] = Field(
         default="internal",
-        description="internal: every calendar the connector can see whose id is in identity.internal_domains; "
+        description="internal: every visible calendar whose id is in identity.internal_domains; "
         "listed: exactly `calendar_ids` (e.g. one shared team calendar)",
     )
     calendar_ids: list[str] = Field(default_factory=list)

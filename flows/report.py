@@ -66,7 +66,7 @@ def engagement_markdown(rows: list[dict[str, Any]], limit: int = 200) -> list[st
         "|---|---|---|---|---:|---|---|---|",
     ]
     for r in rows[:limit]:
-        reasons = "; ".join(r["reasons"]) or "—"
+        reasons = " ".join(r["reasons"]) or "—"
         lines.append(
             f"| {HEALTH_MARK.get(r['health'], r['health'])} | {_md_escape(_short(r['name']))} "
             f"| {_md_escape(_short(r['client'], 40))} | {r['stage']} | {r['progress']:.0f}% "
@@ -94,7 +94,7 @@ def engagement_table(rows: list[dict[str, Any]]) -> str:
     out = [header, "-" * len(header)]
     for r in rows:
         name = " ".join(_short(r["name"], 44).split())
-        reasons = "; ".join(r["reasons"]) or "-"
+        reasons = " ".join(r["reasons"]) or "-"
         last = (r["last_client_meeting"] or "-")[:10]
         upcoming = (r["next_client_meeting"] or "-")[:10]
         cells = (r["health"], 6), (r["stage"], 10), (f"{r['progress']:>4.0f}%", 5), (last, 10), (upcoming, 10)

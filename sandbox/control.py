@@ -31,7 +31,9 @@ class ControlApp(ApiApp):
         self.add_route("DELETE", r"/faults", "faults.reset", self.reset_faults)
         self.add_route("POST", rf"/credentials/{api}/expire", "credentials.expire", self.expire)
         self.add_route("POST", rf"/credentials/{api}/restore", "credentials.restore", self.restore)
-        self.add_route("POST", r"/google_calendar/sync-tokens/invalidate", "sync_tokens.invalidate", self.invalidate)
+        self.add_route(
+            "POST", r"/google_calendar/sync-tokens/invalidate", "sync_tokens.invalidate", self.invalidate
+        )
         self.add_route("POST", r"/mutate", "mutate", self.mutate)
         self.add_route("POST", r"/release", "release", self.release)
         self.add_route("POST", r"/clock/advance", "clock.advance", self.advance_clock)
@@ -97,7 +99,9 @@ class ControlApp(ApiApp):
     def restore(self, request: Request) -> Response:
         restore = getattr(self.sandbox.apps[request.params["api"]], "restore_credentials", None)
         if restore is None:
-            return self.bad_request(request, "this API renews credentials by logging in again; nothing to restore")
+            return self.bad_request(
+                request, "this API renews credentials by logging in again; nothing to restore"
+            )
         restore()
         return Response.empty()
 

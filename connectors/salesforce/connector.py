@@ -14,10 +14,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import SecretStr
-from simple_salesforce import Salesforce
+from simple_salesforce.api import Salesforce
 
 from connectors.base import WorkUnit
 from connectors.errors import ConfigError
@@ -169,8 +170,7 @@ class SalesforceConnector:
                 break
             guard.check(next_url)
             result = self._call(
-                what,
-                lambda url=next_url: self.client.query_more(url, identifier_is_url=True, headers=headers),
+                what, partial(self.client.query_more, next_url, identifier_is_url=True, headers=headers)
             )
         usage = getattr(self.client, "api_usage", None)
         if usage:

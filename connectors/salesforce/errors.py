@@ -21,7 +21,13 @@ SOURCE = "salesforce"
 # OAuth 2.0 error codes that mean "try again later" (RFC 6749 section 5.2 and 4.1.2.1).
 # SOAP login faults with the same meaning: SERVER_UNAVAILABLE, UNKNOWN_EXCEPTION (Salesforce's 500).
 TRANSIENT_LOGIN_CODES = frozenset(
-    {"server_error", "temporarily_unavailable", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION", "REQUEST_LIMIT_EXCEEDED"}
+    {
+        "server_error",
+        "temporarily_unavailable",
+        "SERVER_UNAVAILABLE",
+        "UNKNOWN_EXCEPTION",
+        "REQUEST_LIMIT_EXCEEDED",
+    }
 )
 
 

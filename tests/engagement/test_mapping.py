@@ -38,10 +38,9 @@ def test_wrong_type_and_range() -> None:
     )
     found = problems(text)
     lines = text.splitlines()
-    assert (
-        lines.index("  checkin_cadence_days: soon") + 1,
-        "health.checkin_cadence_days: Input should be a valid integer, unable to parse string as an integer; got 'soon'",
-    ) in found
+    expected = "health.checkin_cadence_days: Input should be a valid integer, unable to parse string as an "
+    expected += "integer"
+    assert (lines.index("  checkin_cadence_days: soon") + 1, f"{expected}; got 'soon'") in found
     assert any(line == lines.index("  overdue_red: -1") + 1 and "overdue_red" in msg for line, msg in found)
 
 

@@ -106,7 +106,13 @@ def test_an_incremental_sync_makes_only_the_calls_the_changes_need(
     # Calendar: the calendar list and one syncToken call per calendar. Nothing else.
     assert calls["salesforce"] == {"GET query_all": 5, "POST oauth2.token": 1}
     assert calls["jira"].get("POST search_jql", 0) + calls["jira"].get("GET search_jql", 0) == 1
-    assert set(calls["jira"]) <= {"GET serverInfo", "GET myself", "GET search_jql", "POST search_jql", "GET field"}
+    assert set(calls["jira"]) <= {
+        "GET serverInfo",
+        "GET myself",
+        "GET search_jql",
+        "POST search_jql",
+        "GET field",
+    }
     assert calls["google_calendar"] == {"GET calendarList.list": 1, "GET events.list": calendars}
     # Every visible change was pulled (a change to an unmapped field is pulled, then found unchanged).
     pulled = {s: sum(x.pulled for x in r.streams.values()) for s, r in report.sources.items()}

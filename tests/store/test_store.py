@@ -105,7 +105,7 @@ def test_engagements_saved_with_health_changes(store: Store) -> None:
     assert len(changes) == len(view.engagements) and all(c.previous is None for c in changes)
     assert store.save_view(view, now) == []  # nothing changed, nothing written
     assert sum(store.health_counts().values()) == len(view.engagements)
-    assert [e["id"] for e in store.load_engagements()] == sorted(e.id for e in view.engagements)
+    assert [e["summary"]["id"] for e in store.load_engagements()] == sorted(e.id for e in view.engagements)
     later = unify(Snapshot.from_records(store.iter_records()), mapping, now + timedelta(days=60))
     transitions = store.save_view(later, now + timedelta(days=60))
     assert transitions and all(c.previous != c.current for c in transitions)

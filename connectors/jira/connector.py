@@ -1,0 +1,508 @@
+"""Jira Cloud through the jira library: issues from ``/search/jql`` with ``nextPageToken``, incremental
+on ``updated``, hard deletes by id-set reconciliation.
+
+One stream, ``issues``, one unit. An incremental read asks for ``updated >= "<minute>" ORDER BY
+updated ASC, key ASC`` across every project in one query, where the minute is ``cursor - lookback``
+rounded down in the API user's own time zone (JQL date literals have minute resolution and are read
+in that zone; API-NOTES 2.2). Each page is handed over with the latest stamp it holds as the cursor
+safe to commit with it; records read twice inside the lookback are de-duplicated by issue id in the
+store. A full read lists the projects and reads them in chunks of keys, concurrently (at most
+``settings.concurrency`` requests in flight), and ends with every issue id it saw, so issues deleted
+in Jira are marked deleted. An incremental read with ``reconcile`` gets those ids from id-only
+searches instead.
+
+``/search/jql`` is eventually consistent: an issue written a moment ago may be missing from a
+search. Ids known to have changed (``note_changed``, called after Accord writes to an issue) are sent
+as ``reconcileIssues`` so the search reads them at their current state.
+
+Retries happen in one layer only. The jira library's ``ResilientSession`` retries 429 and 503 by
+itself, with sleeps of its own of up to a minute and a half-jittered ``2 * Retry-After``, and
+connection errors after ``10 * 2**n`` seconds (API-NOTES 2.4). ``settings.library_max_retries``
+defaults to 0, so every failure reaches ``classify`` at once and Accord's tenacity policy
+(``settings.retry``: Retry-After honoured, capped by ``max_wait_s``) is the only one that waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jira import JIRA
+from jira.exceptions import JIRAError
+
+from connectors.base import WorkUnit
+from connectors.errors import ConfigError, ConnectorError, PermanentError
+from connectors.incremental import Batch, PageGuard, Window, progressive_cursor
+from connectors.jira import jql
+from connectors.jira.errors import SOURCE, classify
+from connectors.retry import call_with_retry
+from connectors.settings import JiraSettings
+from engagement.mapping import Mapping
+from engagement.records import SourceRecord, iso, parse_datetime
+
+log = logging.getLogger("accord.connectors.jira")
+T = TypeVar("T")
+
+STREAM = "issues"
+ORDER = "ORDER BY updated ASC, key ASC"  # the key breaks ties between issues sharing a stamp
+# Issue fields the record is built from; extra_fields of the mapping are added. Never *all.
+FIELDS = (
+    "project",
+    "summary",
+    "issuetype",
+    "status",
+    "assignee",
+    "duedate",
+    "labels",
+    "parent",
+    "created",
+    "updated",
+    "resolutiondate",
+    "priority",
+)
+ATTRIBUTES = frozenset(
+    {
+        "key",
+        "project",
+        "summary",
+        "issue_type",
+        "status",
+        "status_category",
+        "assignee_email",
+        "assignee_name",
+        "assignee_account_id",
+        "due_date",
+        "labels",
+        "parent",
+        "created",
+        "resolved",
+        "priority",
+    }
+)
+STATUS_CATEGORIES = frozenset({"new", "indeterminate", "done"})
+MAX_RECONCILE_IDS = 50  # Jira's limit for reconcileIssues per request
+ID_PAGE_SIZE = 5000  # /search/jql pages up to 5000 issues when only ids are asked for
+PROJECT_PAGE_SIZE = 50
+MAX_KEYS_PER_QUERY = 50
+
+
+def _name(value: Any, key: str = "name") -> str | None:
+    if isinstance(value, dict):
+        found = value.get(key)
+        return None if found in (None, "") else str(found)
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A custom field's value as JSON an ops person would expect: options by value, users by account."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        for key in ("value", "key", "name", "accountId", "id"):
+            if key in value:
+                return value[key]
+    return value
+
+
+def to_record(issue: dict[str, Any], extra_fields: dict[str, str]) -> SourceRecord:
+    """One search result as Accord's normalized issue record (see ``engagement.records.WorkItem``)."""
+    issue_id = str(issue.get("id") or "")
+    fields: dict[str, Any] = issue.get("fields") or {}
+    stamp = parse_datetime(fields.get("updated"))
+    if not issue_id.isdigit() or stamp is None:
+        raise PermanentError(SOURCE, f"issue {issue_id or '?'}: the search answer has no id or updated stamp")
+    key = str(issue.get("key") or "")
+    project = _name(fields.get("project"), "key") or key.rsplit("-", 1)[0]
+    status = fields.get("status") or {}
+    category = _name(status.get("statusCategory"), "key")
+    assignee = fields.get("assignee") or {}
+    # Atlassian privacy settings may hide emailAddress (absent or empty): the email is then unknown.
+    data: dict[str, Any] = {
+        "key": key,
+        "project": project,
+        "summary": fields.get("summary") or "",
+        "issue_type": _name(fields.get("issuetype")),
+        "status": _name(status),
+        "status_category": category if category in STATUS_CATEGORIES else "new",
+        "assignee_email": _name(assignee, "emailAddress"),
+        "assignee_name": _name(assignee, "displayName"),
+        "assignee_account_id": _name(assignee, "accountId"),
+        "due_date": fields.get("duedate") or None,
+        "labels": [str(label) for label in fields.get("labels") or []],
+        "parent": _name(fields.get("parent"), "key"),
+        "created": iso(parse_datetime(fields.get("created"))),
+        "resolved": iso(parse_datetime(fields.get("resolutiondate"))),
+        "priority": _name(fields.get("priority")),
+    }
+    for attribute, field_id in sorted(extra_fields.items()):
+        data[attribute] = _plain(fields.get(field_id))
+    return SourceRecord(SOURCE, STREAM, issue_id, stamp, data, partition=project)
+
+
+def _get_json(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, Any]]:
+    """GET ``path`` under ``/rest/api/{v}/`` and answer its raw JSON.
+
+    This is the library's own helper (``JIRA._get_json``: its ResilientSession, URL building and
+    ``JIRAError`` on failure). No public method hands back a ``/search/jql`` page with its
+    ``nextPageToken`` without also fetching the whole field catalogue once per client, and
+    ``projects()`` uses the unpaged ``GET project``.
+    """
+
+    def get(client: JIRA) -> dict[str, Any]:
+        result: dict[str, Any] = client._get_json(path, params=params)
+        return result
+
+    return get
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+
+
+class _ClientPool:
+    """Clients of one connector. A call checks one out, so no two threads ever share a session, and
+    there are never more clients than calls that ran at the same time."""
+
+    def __init__(self, connect: Callable[[], JIRA]) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._idle: list[JIRA] = []
+        self._all: list[JIRA] = []
+
+    @contextmanager
+    def client(self) -> Iterator[JIRA]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = self._connect()
+            with self._lock:
+                self._all.append(client)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                kept = any(c is client for c in self._all)
+                if kept:
+                    self._idle.append(client)
+            if not kept:  # the pool was closed while this call ran
+                client.close()  # type: ignore[no-untyped-call]  # jira's close() is not annotated
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._all, self._idle = self._all, [], []
+        for client in clients:
+            client.close()  # type: ignore[no-untyped-call]  # jira's close() is not annotated
+
+
+class JiraConnector:
+    source = SOURCE
+
+    def __init__(
+        self, settings: JiraSettings, mapping: Mapping, *, known_changed_ids: Iterable[str | int] = ()
+    ) -> None:
+        self.settings = settings
+        self.mapping = mapping
+        clash = ATTRIBUTES & set(mapping.jira.extra_fields)
+        if clash:
+            raise ConfigError(SOURCE, f"jira.extra_fields {sorted(clash)} would replace built-in attributes")
+        self.fields = tuple(dict.fromkeys((*FIELDS, *mapping.jira.extra_fields.values())))
+        self._pool = _ClientPool(self._connect)
+        self._lock = threading.Lock()
+        self._zone: ZoneInfo | None = None
+        self._zone_known = False
+        self._known: set[str] = set()
+        self.note_changed(known_changed_ids)
+
+    # -- client ----------------------------------------------------------------------------------------
+    def _connect(self) -> JIRA:
+        s = self.settings
+        client = JIRA(
+            server=s.server,
+            basic_auth=(s.email, s.api_token.get_secret_value()),
+            options={"rest_api_version": s.rest_api_version, "verify": s.ca_cert or True},
+            max_retries=s.library_max_retries,
+            timeout=s.timeout_s,
+            get_server_info=True,
+            # The library logs response bodies on unreadable answers (contact data): keep it quiet.
+            logging=False,
+        )
+        if client.deploymentType != "Cloud":
+            client.close()  # type: ignore[no-untyped-call]  # jira's close() is not annotated
+            raise ConfigError(
+                SOURCE,
+                f"the server reports deploymentType {client.deploymentType!r}, not 'Cloud': Accord reads "
+                "Jira Cloud's /search/jql (the library answers None there for other deployments)",
+            )
+        return client
+
+    def _call(self, what: str, fn: Callable[[JIRA], T]) -> T:
+        def attempt() -> T:
+            try:
+                with self._pool.client() as client:
+                    return fn(client)
+            except ConnectorError:
+                raise
+            except JIRAError as exc:
+                # Its str() carries the response headers and body: keep it out of tracebacks.
+                raise classify(exc, what) from None
+            except Exception as exc:
+                raise classify(exc, what) from exc
+
+        return call_with_retry(self.settings.retry, attempt)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- ids known to have changed (read-after-write) -------------------------------------------------
+    def note_changed(self, issue_ids: Iterable[str | int]) -> None:
+        """Issues Accord just wrote to: the next read asks for them with ``reconcileIssues``."""
+        ids = {str(i) for i in issue_ids}
+        bad = sorted(i for i in ids if not i.isdigit())
+        if bad:
+            raise ValueError(f"Jira issue ids are numeric, got {bad[:3]!r}")
+        with self._lock:
+            self._known.update(ids)
+
+    def _known_groups(self) -> list[list[str]]:
+        with self._lock:
+            known = sorted(self._known, key=int)
+        return [known[i : i + MAX_RECONCILE_IDS] for i in range(0, len(known), MAX_RECONCILE_IDS)]
+
+    def _forget(self, groups: list[list[str]]) -> None:
+        with self._lock:
+            self._known.difference_update(i for group in groups for i in group)
+
+    # -- site facts ---------------------------------------------------------------------------------------
+    def user_zone(self) -> ZoneInfo | None:
+        """The API user's time zone (JQL dates are read in it); None when Jira does not say."""
+        with self._lock:
+            if self._zone_known:
+                return self._zone
+        me: dict[str, Any] = self._call("read the API user's time zone", lambda c: c.myself())
+        name = me.get("timeZone")
+        try:
+            zone = ZoneInfo(str(name)) if name else None
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = None
+        if zone is None:
+            log.warning("jira: the API user's time zone is unknown; incremental bounds widened by 14 hours")
+        with self._lock:
+            self._zone, self._zone_known = zone, True
+        return zone
+
+    def project_keys(self) -> list[str]:
+        """Every project the API user can browse (``project/search``, paged), sorted."""
+        keys: list[str] = []
+        guard = PageGuard("list projects")
+        start = 0
+        while True:
+            params = {"startAt": start, "maxResults": PROJECT_PAGE_SIZE}
+            page = self._call("list projects", _get_json("project/search", params))
+            values = page.get("values") or []
+            keys.extend(str(p["key"]) for p in values)
+            if page.get("isLast", True) or not values:
+                break
+            start += len(values)
+            guard.check(start)
+        if not keys:
+            raise ConfigError(
+                SOURCE, "no projects visible to the API user; check its Browse Projects permission"
+            )
+        return sorted(set(keys))
+
+    # -- search ---------------------------------------------------------------------------------------------
+    def search_pages(
+        self, query: str, *, fields: Sequence[str], page_size: int, reconcile: Sequence[str], what: str
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The issues of one query, page by page, following ``nextPageToken`` on ``/search/jql``.
+
+        GET with the raw JSON answer: the page boundaries and the token stay visible (the library's
+        ``enhanced_search_issues`` would also fetch the whole field catalogue once per client).
+        """
+        params: dict[str, Any] = {"jql": query, "fields": ",".join(fields), "maxResults": page_size}
+        if reconcile:
+            params["reconcileIssues"] = list(reconcile)
+        guard = PageGuard(what)
+        token: str | None = None
+        while True:
+            sent = params if token is None else {**params, "nextPageToken": token}
+            result = self._call(what, _get_json("search/jql", sent))
+            yield list(result.get("issues") or [])
+            token = result.get("nextPageToken")
+            if not token or result.get("isLast") is True:
+                return
+            guard.check(token)
+
+    def _parallel(self, tasks: list[Callable[[], Iterator[T]]]) -> Iterator[T]:
+        """Items of several page streams as they arrive, at most ``concurrency`` streams at a time.
+
+        A bounded queue sits between the workers and the caller, so at most a few pages wait in
+        memory however large the org; the first error stops every worker and is raised here.
+        """
+        workers = min(self.settings.concurrency, len(tasks))
+        if workers <= 1:
+            for task in tasks:
+                yield from task()
+            return
+        out: queue.Queue[object] = queue.Queue(maxsize=2 * workers)
+        stop = threading.Event()
+
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run(task: Callable[[], Iterator[T]]) -> None:
+            try:
+                for item in task():
+                    if not put(item):
+                        return
+            except BaseException as exc:  # handed to the reading thread, which raises it
+                put(_Failed(exc))
+            finally:
+                put(_DONE)
+
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jira-read")
+        try:
+            for task in tasks:
+                pool.submit(run, task)
+            remaining = len(tasks)
+            while remaining:
+                item = out.get()
+                if item is _DONE:
+                    remaining -= 1
+                elif isinstance(item, _Failed):
+                    raise item.error
+                else:
+                    yield item  # type: ignore[misc]  # only run() puts here: items of Iterator[T]
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _chunks(self, keys: list[str], *, spread: bool) -> list[list[str]]:
+        """Project keys per query: at most 50; with ``spread``, small enough to keep every worker busy."""
+        size = MAX_KEYS_PER_QUERY
+        if spread:
+            size = max(1, min(size, math.ceil(len(keys) / (2 * self.settings.concurrency))))
+        return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+    def _records(self, page: list[dict[str, Any]]) -> list[SourceRecord]:
+        extra = dict(self.mapping.jira.extra_fields)
+        return [to_record(issue, extra) for issue in page]
+
+    def _targeted(self, groups: list[list[str]]) -> Iterator[list[SourceRecord]]:
+        """Known-changed ids beyond the first 50 (those ride along with the main query)."""
+        for group in groups[1:]:
+            for page in self.search_pages(
+                f"{jql.issue_ids(group)} {ORDER}",
+                fields=self.fields,
+                page_size=self.mapping.jira.page_size,
+                reconcile=group,
+                what="read issues known to have changed",
+            ):
+                yield self._records(page)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def work_units(self) -> list[WorkUnit]:
+        return [WorkUnit(STREAM)]
+
+    def read(
+        self, unit: WorkUnit, cursor: str | None, *, upper: datetime, full: bool, reconcile: bool
+    ) -> Iterator[Batch]:
+        if unit.stream != STREAM:
+            raise ConfigError(SOURCE, f"unknown stream {unit.stream!r}; the Jira connector reads {STREAM!r}")
+        lookback = timedelta(seconds=self.mapping.jira.lookback_seconds)
+        window = (
+            Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
+        )
+        groups = self._known_groups()
+        first = groups[0] if groups else []
+        batches = self._read_full(first) if window.full else self._read_incremental(window, first)
+        seen: set[str] = set()
+        pages = 0
+        for batch in batches:
+            pages += 1
+            seen.update(r.id for r in batch.records)
+            yield batch
+        for records in self._targeted(groups):
+            pages += 1
+            seen.update(r.id for r in records)
+            yield Batch(STREAM, "", records, meta={"pages": 1})
+        live: set[str] | None = None
+        if window.full:
+            live = seen
+        elif reconcile:
+            # Issues this read saw count as live: the id search may trail them (search lag).
+            live = self.live_ids(first) | seen
+        self._forget(groups)
+        log.info("jira: %d pages, %d issues (%s)", pages, len(seen), "full" if window.full else "incremental")
+        yield Batch(STREAM, "", [], cursor=iso(upper), final=True, live_ids=live, meta={"pages": 0})
+
+    def _read_full(self, reconcile: list[str]) -> Iterator[Batch]:
+        keys = self.project_keys()
+        tasks: list[Callable[[], Iterator[list[dict[str, Any]]]]] = [
+            partial(
+                self.search_pages,
+                f"{jql.project_in(chunk)} ORDER BY key ASC",
+                fields=self.fields,
+                page_size=self.mapping.jira.page_size,
+                reconcile=reconcile,
+                what=f"read issues of {len(chunk)} projects",
+            )
+            for chunk in self._chunks(keys, spread=True)
+        ]
+        for page in self._parallel(tasks):
+            # Pages of several projects interleave: no cursor until the whole read is stored.
+            yield Batch(STREAM, "", self._records(page), meta={"pages": 1})
+
+    def _read_incremental(self, window: Window, reconcile: list[str]) -> Iterator[Batch]:
+        if window.lower is None:
+            raise ValueError("an incremental read needs a lower bound")
+        query = f"{jql.updated_since(window.lower, self.user_zone())} {ORDER}"
+        for page in self.search_pages(
+            query,
+            fields=self.fields,
+            page_size=self.mapping.jira.page_size,
+            reconcile=reconcile,
+            what="read changed issues",
+        ):
+            records = self._records(page)
+            latest = max((r.updated_at for r in records), default=None)
+            yield Batch(STREAM, "", records, cursor=progressive_cursor(latest, window), meta={"pages": 1})
+
+    def live_ids(self, reconcile: Sequence[str] = ()) -> set[str]:
+        """Every issue id that exists now (id-only searches, up to 5000 per page)."""
+        keys = self.project_keys()
+        tasks: list[Callable[[], Iterator[list[dict[str, Any]]]]] = [
+            partial(
+                self.search_pages,
+                jql.project_in(chunk),
+                fields=("id",),
+                page_size=ID_PAGE_SIZE,
+                reconcile=reconcile,
+                what="list issue ids",
+            )
+            for chunk in self._chunks(keys, spread=False)
+        ]
+        ids: set[str] = set()
+        for page in self._parallel(tasks):
+            ids.update(str(issue["id"]) for issue in page)
+        return ids
