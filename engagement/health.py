@@ -118,11 +118,8 @@ def _delivery(progress: Progress, mapping: Mapping, stage: LifecycleStage, now: 
     open_issues = progress.by_category.get("new", 0) + progress.by_category.get("indeterminate", 0)
     if progress.overdue:
         share = progress.overdue / open_issues if open_issues else 0.0
-        oldest = (
-            f", the oldest {progress.oldest_overdue_days} days past due"
-            if progress.oldest_overdue_days
-            else ""
-        )
+        days = progress.oldest_overdue_days
+        oldest = f", the oldest {_plural(days, 'day')} past due" if days else ""
         text = f"{_plural(progress.overdue, 'overdue issue')}{oldest}."
         if progress.overdue >= t.overdue_red or (
             share >= t.overdue_share_red and progress.overdue >= t.overdue_amber

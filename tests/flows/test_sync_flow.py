@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -22,15 +23,19 @@ def sandbox_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tup
         yield sb, url
 
 
-async def _artifact_markdown(key: str) -> str:
+async def _artifact_markdown(key: str, flow_run_id: UUID) -> str:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     async with get_client() as client:
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
         )
-    assert artifacts, f"no artifact {key}"
+    assert len(artifacts) == 1, (
+        f"expected one artifact {key} for flow run {flow_run_id}, got {len(artifacts)}"
+    )
     return str(artifacts[0].data)
 
 
@@ -42,12 +47,15 @@ def test_flow_runs_full_then_incremental_and_publishes_an_artifact(
     assert first["full"] is True and first["engagements"] == sandbox.salesforce_store.counts()["Opportunity"]
     assert all(source["error"] is None for source in first["sources"].values())
     sandbox.mutate(count=5, seed=3)
-    second = sync_flow(full=False)
+    state = sync_flow(full=False, return_state=True)
+    second = state.result()
     assert second["full"] is False
     pulled = sum(s["pulled"] for src in second["sources"].values() for s in src["streams"].values())
     total = sum(s["pulled"] for src in first["sources"].values() for s in src["streams"].values())
     assert 0 < pulled < total / 4
-    markdown = asyncio.run(_artifact_markdown("accord-sync"))
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    markdown = asyncio.run(_artifact_markdown("accord-sync", flow_run_id))
     assert "# Accord sync (incremental)" in markdown and "| salesforce | contacts |" in markdown
     assert "<script>" not in markdown  # org values are escaped in the UI
     for secret in sandbox.credentials.secret_values():
