@@ -218,6 +218,29 @@ def unify_and_store(store: Store, mapping: Mapping, now: datetime) -> tuple[Unif
     return view, store.save_view(view, now)
 
 
+# Starts the pull of every source and returns, per source, a function that waits for its report.
+PullAll = Callable[[tuple[str, ...], datetime, bool, "bool | None"], dict[str, Callable[[], SourceReport]]]
+
+
+def threaded_pull_all(settings: AccordSettings, mapping: Mapping, store: Store) -> PullAll:
+    """Pull the sources on plain threads (tests, benchmarks); the flow uses Prefect tasks instead."""
+
+    def pull_all(
+        sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
+    ) -> dict[str, Callable[[], SourceReport]]:
+        pool = ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="pull")
+        futures = {
+            s: pool.submit(
+                pull_source, s, settings, mapping, store, upper=upper, full=full, reconcile=reconcile
+            )
+            for s in sources
+        }
+        pool.shutdown(wait=False)
+        return {s: f.result for s, f in futures.items()}
+
+    return pull_all
+
+
 def run_sync(
     settings: AccordSettings,
     mapping: Mapping,
@@ -227,25 +250,24 @@ def run_sync(
     reconcile: bool | None = None,
     now: datetime | None = None,
     sources: tuple[str, ...] = SOURCES,
+    pull_all: PullAll | None = None,
 ) -> SyncReport:
-    """Pull all sources concurrently, then unify; failures of one source are reported, not hidden."""
+    """Pull all sources concurrently, then unify; failures of one source are reported, not hidden.
+
+    A source that fails leaves its cursors where its last stored page put them; the others are
+    stored and the engagements recomputed, and the report (and the run's status) says what failed.
+    """
     started = now or datetime.now(UTC)
     report = SyncReport(started_at=started, full=full)
     clock = time.perf_counter()
     run_id = store.start_run(full)
-    with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="pull") as pool:
-        futures = {
-            s: pool.submit(
-                pull_source, s, settings, mapping, store, upper=started, full=full, reconcile=reconcile
-            )
-            for s in sources
-        }
-        for source, future in futures.items():
-            try:
-                report.sources[source] = future.result()
-            except Exception as exc:
-                log.error("%s pull failed: %s", source, exc)
-                report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+    waits = (pull_all or threaded_pull_all(settings, mapping, store))(sources, started, full, reconcile)
+    for source, wait in waits.items():
+        try:
+            report.sources[source] = wait()
+        except Exception as exc:
+            log.error("%s pull failed: %s", source, exc)
+            report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
     report.view, report.health_changes = unify_and_store(store, mapping, started)
     report.seconds = time.perf_counter() - clock
     store.finish_run(run_id, "failed" if report.failed else "completed", report.to_json())

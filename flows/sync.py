@@ -6,16 +6,16 @@ why), and the run ends with a markdown artifact of counts and an engagement tabl
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import PrefectFuture
 
 from accord.settings import AccordSettings, load_settings
 from engagement.mapping import Mapping, load_mapping
-from flows.engine import SOURCES, SourceReport, SyncReport, pull_source, unify_and_store
+from flows.engine import SourceReport, pull_source, run_sync
 from flows.report import sync_markdown
 from store import Store
 
@@ -63,23 +63,20 @@ def sync_flow(full: bool = False, mapping_path: str | None = None) -> dict[str, 
 def run_sync_flow(settings: AccordSettings, mapping: Mapping, *, full: bool, logger: Any) -> dict[str, Any]:
     store = Store(settings.database_url)
     store.create_all()
-    started = datetime.now(UTC)
-    report = SyncReport(started_at=started, full=full)
-    run_id = store.start_run(full)
-    futures: dict[str, PrefectFuture[SourceReport]] = {
-        source: pull_task.submit(source, settings, mapping, settings.database_url, started, full)
-        for source in SOURCES
-    }
-    for source, future in futures.items():
-        try:
-            report.sources[source] = future.result()
-        except Exception as exc:
-            report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
-            logger.error("%s could not be pulled: %s", source, exc)
-    report.view, report.health_changes = unify_and_store(store, mapping, started)
-    report.seconds = (datetime.now(UTC) - started).total_seconds()
-    store.finish_run(run_id, "failed" if report.failed else "completed", report.to_json())
-    store.dispose()
+
+    def pull_all(
+        sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
+    ) -> dict[str, Callable[[], SourceReport]]:
+        futures = {
+            s: pull_task.submit(s, settings, mapping, settings.database_url, upper, full) for s in sources
+        }
+        return {s: f.result for s, f in futures.items()}
+
+    try:
+        report = run_sync(settings, mapping, store, full=full, pull_all=pull_all)
+    finally:
+        store.dispose()
+    assert report.view is not None
     create_markdown_artifact(
         key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
     )
