@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from connectors.incremental import Batch
 
@@ -34,5 +34,37 @@ class SourceConnector(Protocol):
         read) the final batch carries ``live_ids``: every id that exists, so hard deletes show.
         """
         ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    """One planned write. ``key`` is the idempotency key: it is stored in the target (Salesforce
+    External ID, Jira comment marker and entity property, Calendar event id) so that a write
+    repeated after a crash finds the first one instead of duplicating it."""
+
+    key: str
+    kind: str  # "task" | "opportunity_status" | "jira_status_comment" | "calendar_event"
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    key: str
+    ok: bool
+    outcome: str  # "created" | "updated" | "exists" (found from an earlier attempt) | "failed"
+    target_id: str | None = None  # the record's id in the target, when known
+    error: str | None = None  # short, no record contents
+    retriable: bool = False  # a failed write worth retrying next run (throttled, 5xx)
+
+
+class TargetWriter(Protocol):
+    """Applies planned writes. One result per request, in order. Record-level failures are results
+    (ok=False), never exceptions; a failure of the whole call (auth, config) raises ConnectorError."""
+
+    target: str  # "salesforce" | "jira" | "google_calendar"
+
+    def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]: ...
 
     def close(self) -> None: ...

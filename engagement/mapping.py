@@ -66,6 +66,11 @@ class SalesforceMapping(Strict):
     opportunities: SalesforceStream
     contact_roles: SalesforceStream
     users: SalesforceStream
+    reminders: SalesforceStream | None = Field(
+        default=None,
+        description="Accord's own reminder Tasks read back (key, status, due), so done or snoozed ones are "
+        "never recreated; needs the fields key and status",
+    )
     lookback_seconds: int = Field(default=300, ge=0, le=86400)
     reconcile_every_hours: float = Field(
         default=24, gt=0, description="How often a full id-set read catches hard deletes."
@@ -80,6 +85,8 @@ class SalesforceMapping(Strict):
             "contact_roles": {"opportunity", "contact", "role"},
             "users": {"email"},
         }
+        if self.reminders is not None:
+            required["reminders"] = {"key", "status"}
         for stream, attributes in required.items():
             missing = attributes - set(getattr(self, stream).fields)
             if missing:
@@ -185,6 +192,100 @@ class HealthThresholds(Strict):
         return self
 
 
+# -- Push: status updates and reminders ----------------------------------------------------------
+StatusField = Literal["health", "stage", "summary", "updated"]
+ReminderTarget = Literal["salesforce_task", "calendar_event"]
+StatusTarget = Literal["salesforce_opportunity", "jira_comment"]
+
+
+def _status_fields() -> dict[StatusField, str]:
+    return {
+        "health": "Accord_Health__c",
+        "stage": "Accord_Stage__c",
+        "summary": "Accord_Status_Summary__c",
+        "updated": "Accord_Status_Updated__c",
+    }
+
+
+def _reminder_targets() -> list[ReminderTarget]:
+    return ["salesforce_task", "calendar_event"]
+
+
+def _status_targets() -> list[StatusTarget]:
+    return ["salesforce_opportunity", "jira_comment"]
+
+
+class SalesforcePush(Strict):
+    status_fields: dict[StatusField, SalesforceName] = Field(
+        default_factory=_status_fields,
+        description="Opportunity fields the status update writes (create them as custom fields)",
+    )
+    task_external_id: SalesforceName = Field(
+        default="Accord_Key__c", description="Task field marked External ID + Unique: the idempotency key"
+    )
+    task_done_statuses: list[str] = Field(default_factory=lambda: ["Completed"])
+    task_open_status: str = "Not Started"
+    batch_size: int = Field(default=200, ge=1, le=200, description="Records per composite call (at most 200)")
+
+
+class JiraPush(Strict):
+    status_issue: Literal["first_epic", "labelled"] = Field(
+        default="first_epic",
+        description="Where status comments go: the first epic, or the issue labelled `status_label`",
+    )
+    status_label: str = "accord-status"
+    property_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,255}$")] = "com.accord.status"
+
+
+class CalendarPush(Strict):
+    reminder_hour_utc: int = Field(
+        default=9, ge=0, le=23, description="When reminder events start (UTC hour)"
+    )
+    duration_minutes: int = Field(default=15, ge=5, le=240)
+    batch_size: int = Field(default=50, ge=1, le=1000, description="Calls per batch request")
+
+
+class RuleSwitch(Strict):
+    enabled: bool = True
+
+
+class DaysRule(RuleSwitch):
+    days: int = Field(ge=0, le=3650)
+
+
+class StatusUpdateRule(RuleSwitch):
+    progress_step: int = Field(
+        default=10, ge=1, le=100, description="Post when progress crosses a step of this many %"
+    )
+
+
+class PostClosureRule(RuleSwitch):
+    days: list[int] = Field(default_factory=lambda: [30, 90])
+    window_days: int = Field(
+        default=14, ge=1, description="A follow-up not sent within this window is skipped"
+    )
+
+
+class Rules(Strict):
+    status_update: StatusUpdateRule = Field(default_factory=StatusUpdateRule)
+    meeting_follow_up: DaysRule = Field(default_factory=lambda: DaysRule(days=2))
+    checkin_due: RuleSwitch = Field(default_factory=RuleSwitch)
+    stakeholder_quiet: DaysRule = Field(default_factory=lambda: DaysRule(days=30))
+    overdue_aging: DaysRule = Field(default_factory=lambda: DaysRule(days=7))
+    post_closure: PostClosureRule = Field(default_factory=PostClosureRule)
+    escalation: DaysRule = Field(default_factory=lambda: DaysRule(days=5))
+
+
+class PushMapping(Strict):
+    reminder_targets: list[ReminderTarget] = Field(default_factory=_reminder_targets)
+    status_targets: list[StatusTarget] = Field(default_factory=_status_targets)
+    templates: str = Field(default="templates", description="Jinja2 templates, relative to the mapping file")
+    salesforce: SalesforcePush = Field(default_factory=SalesforcePush)
+    jira: JiraPush = Field(default_factory=JiraPush)
+    google_calendar: CalendarPush = Field(default_factory=CalendarPush)
+    rules: Rules = Field(default_factory=Rules)
+
+
 def _default_stage_rules() -> list[StageRule]:
     return [
         StageRule(stage="closure", opportunity_stages=["Closed Lost"]),
@@ -212,6 +313,7 @@ class Mapping(Strict):
     identity: IdentityMapping
     lifecycle: list[StageRule] = Field(default_factory=_default_stage_rules, min_length=1)
     health: HealthThresholds = Field(default_factory=HealthThresholds)
+    push: PushMapping = Field(default_factory=PushMapping)
 
     @field_validator("version")
     @classmethod

@@ -34,7 +34,7 @@ from engagement.records import SourceRecord, iso, parse_datetime
 log = logging.getLogger("accord.connectors.salesforce")
 T = TypeVar("T")
 
-STREAMS = ("accounts", "contacts", "opportunities", "contact_roles", "users")
+STREAMS = ("accounts", "contacts", "opportunities", "contact_roles", "users", "reminders")
 # Objects without IsDeleted: users are deactivated, never deleted (they cannot be soft-deleted).
 NO_IS_DELETED = frozenset({"User"})
 CURSOR_FIELD = "SystemModstamp"
@@ -138,11 +138,14 @@ class SalesforceConnector:
 
     # -- streams -------------------------------------------------------------------------------------------
     def stream(self, name: str) -> SalesforceStream:
-        stream: SalesforceStream = getattr(self.mapping.salesforce, name)
+        stream: SalesforceStream | None = getattr(self.mapping.salesforce, name)
+        if stream is None:
+            raise ConfigError(SOURCE, f"the mapping has no salesforce.{name} stream")
         return stream
 
     def work_units(self) -> list[WorkUnit]:
-        return [WorkUnit(name) for name in STREAMS]
+        """One unit per mapped object (``reminders`` only when the mapping reads them back)."""
+        return [WorkUnit(name) for name in STREAMS if getattr(self.mapping.salesforce, name) is not None]
 
     def _fields(self, stream: SalesforceStream) -> list[str]:
         system = ["Id", CURSOR_FIELD] + ([] if stream.object in NO_IS_DELETED else ["IsDeleted"])

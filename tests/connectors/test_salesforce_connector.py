@@ -159,7 +159,7 @@ def test_incremental_reads_only_the_window_and_equals_a_fresh_full_read(
         since = org.log.last_seq
         pull(org, mapping, db, reconcile=True)
         queries = org.log.records(endpoint="query_all", since_seq=since)
-        assert len(queries) == 5  # one queryAll per object: soft deletes included
+        assert len(queries) == 6  # one queryAll per object (5 + reminder Tasks): soft deletes included
         assert all("SystemModstamp >= " in q.query["q"][0] for q in queries)
     org.store.release_pending()
     pull(org, mapping, db, reconcile=True)
@@ -174,7 +174,7 @@ def test_incremental_with_nothing_changed_makes_one_call_per_object(
     since = org.log.last_seq
     stats = pull(org, mapping, db)
     calls = org.log.records(since_seq=since)
-    assert [c.endpoint for c in calls].count("query_all") == 5
+    assert [c.endpoint for c in calls].count("query_all") == 6
     assert {c.endpoint for c in calls} <= {"query_all", "oauth2.token"}
     assert (
         sum(

@@ -64,5 +64,5 @@ def test_medium_org_starts_fast_and_syncs_completely(tmp_path: Path) -> None:
         since = sandbox.log.last_seq
         run_sync(settings, mapping, store)
         calls = sandbox.log.summary(since_seq=since)
-        assert sum(calls["jira"].values()) <= 3 and sum(calls["salesforce"].values()) == 6
+        assert sum(calls["jira"].values()) <= 3 and sum(calls["salesforce"].values()) == 7
         store.dispose()
