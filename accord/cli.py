@@ -50,8 +50,7 @@ def _sandbox_up(args: argparse.Namespace) -> int:
     with sandbox:
         print(json.dumps(sandbox.info()), flush=True)
         counts = "; ".join(
-            f"{api}: " + ", ".join(f"{k}={v}" for k, v in sorted(c.items()) if v)
-            for api, c in sandbox.counts().items()
+            f"{api}: " + ", ".join(f"{k}={v}" for k, v in sorted(c.items()) if v) for api, c in sandbox.counts().items()
         )
         print(
             f"sandbox up: size={args.size} seed={args.seed} in {time.perf_counter() - started:.1f}s "
@@ -201,7 +200,21 @@ def _status(args: argparse.Namespace) -> int:
     store = Store(settings.database_url)
     store.create_all()
     rows = [e["summary"] for e in store.load_engagements()]
+    failed = store.outbox.items(state="failed")
     store.dispose()
+    failures: dict[str, list[dict[str, Any]]] = {}
+    for item in failed:
+        failures.setdefault(item.engagement_id, []).append(
+            {
+                "target": item.target,
+                "kind": item.kind,
+                "key": item.key,
+                "error": item.last_error,
+                "attempts": item.attempts,
+            }
+        )
+    for row in rows:
+        row["failed_writes"] = failures.get(row["id"], [])
     if args.health:
         rows = [r for r in rows if r["health"] in args.health]
     if args.json:
@@ -211,6 +224,10 @@ def _status(args: argparse.Namespace) -> int:
         print("no engagements stored yet: run `accord sync` first", file=sys.stderr)
         return 0
     print(engagement_table(rows))
+    if failed:
+        print(f"\nfailed writes, retried by the next push: {len(failed)}")
+        for item in failed[:50]:
+            print(f"  {item.target:<16} {item.kind:<20} {item.key:<48} {item.last_error} (attempts {item.attempts})")
     return 0
 
 
@@ -243,6 +260,62 @@ def _mappings_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.push_engine import plan_push
+    from store import Store
+
+    settings = _settings(args)
+    mapping = _load_mapping(settings.mapping)
+    store = Store(settings.database_url)
+    store.create_all()
+    try:
+        plan = plan_push(store, mapping, Path(settings.mapping))
+    finally:
+        store.dispose()
+    if args.json:
+        print(json.dumps(plan.to_json(), ensure_ascii=False))
+        return 0
+    _print_plan(plan.to_json())
+    return 0
+
+
+def _print_plan(data: dict[str, Any]) -> None:
+    actions = data["actions"]
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for action in actions:
+        by_target.setdefault(action["target"], []).append(action)
+    if not actions:
+        print("nothing to write")
+    for target, items in sorted(by_target.items()):
+        print(f"{target}: {len(items)} writes")
+        for a in items:
+            print(f"  {a['action']:<7} {a['kind']:<20} {a['key']:<48} {a['reason']}")
+    if data["left_alone"]:
+        print(f"left alone: {len(data['left_alone'])}")
+        for s in data["left_alone"]:
+            print(f"  {s['engagement']:<20} {s['what']:<32} {s['why']}")
+
+
+def _push(args: argparse.Namespace) -> int:
+    from flows.push import push_flow
+
+    settings = _settings(args)
+    _load_mapping(settings.mapping)
+    os.environ["ACCORD_DATABASE_URL"] = settings.database_url
+    os.environ["ACCORD_MAPPING"] = str(settings.mapping)
+    result = push_flow(dry_run=False)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"planned {result['planned']} writes, queued {result['queued']}, left alone {result['left_alone']}")
+    for target, t in result["targets"].items():
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items())) or "nothing to do"
+        print(f"  {target}: {t['delivered']} delivered, {t['failed']} failed in {t['calls']} calls ({outcomes})")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from accord.demo import run_demo
 
@@ -261,8 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sandbox",
         help="local emulators of Salesforce, Jira and Google Calendar",
         description=(
-            "Local HTTP emulators of the three SaaS APIs with a generated org, request log, faults "
-            "and mutations."
+            "Local HTTP emulators of the three SaaS APIs with a generated org, request log, faults and mutations."
         ),
     )
     sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
@@ -270,17 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sandbox_commands.add_parser(
         "up",
         help="start the emulators and serve until interrupted",
-        description=(
-            "Start the emulators; print one JSON line with URLs and credentials, then serve until Ctrl-C."
-        ),
+        description=("Start the emulators; print one JSON line with URLs and credentials, then serve until Ctrl-C."),
     )
-    up.add_argument(
-        "--size", choices=("small", "medium", "large"), default="small", help="org size (default small)"
-    )
+    up.add_argument("--size", choices=("small", "medium", "large"), default="small", help="org size (default small)")
     up.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
-    up.add_argument(
-        "--tls", action="store_true", help="serve https with a self-signed certificate (path in ca_cert)"
-    )
+    up.add_argument("--tls", action="store_true", help="serve https with a self-signed certificate (path in ca_cert)")
     up.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
     up.add_argument(
         "--port-base",
@@ -299,9 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     control_arg(requests_p)
     requests_p.add_argument("--api", choices=API_CHOICES, help="only this API")
     requests_p.add_argument("--since", type=int, default=0, help="only requests after this sequence number")
-    requests_p.add_argument(
-        "--all", action="store_true", help="every request as a JSON line instead of counts"
-    )
+    requests_p.add_argument("--all", action="store_true", help="every request as a JSON line instead of counts")
     requests_p.add_argument("--json", action="store_true", help="counts as JSON")
     requests_p.set_defaults(func=_sandbox_requests)
 
@@ -339,9 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     control_arg(mutate)
     mutate.add_argument("--count", type=int, default=10, help="changes per API (default 10)")
     mutate.add_argument("--seed", type=int, default=0, help="seed of the round (default 0)")
-    mutate.add_argument(
-        "--late-share", type=float, default=0.1, help="share visible only next round (default 0.1)"
-    )
+    mutate.add_argument("--late-share", type=float, default=0.1, help="share visible only next round (default 0.1)")
     mutate.add_argument("--json", action="store_true", help="changes as JSON")
     mutate.set_defaults(func=_sandbox_mutate)
 
@@ -353,9 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--full", action="store_true", help="re-read everything instead of continuing")
     sync.add_argument("--json", action="store_true", help="print the run's report as JSON")
     sync.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
-    sync.add_argument(
-        "--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)"
-    )
+    sync.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
     sync.set_defaults(func=_sync)
 
     status = commands.add_parser(
@@ -365,10 +425,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="a JSON list of engagement objects")
     status.add_argument("--health", action="append", choices=("green", "amber", "red"), help="only these")
-    status.add_argument(
-        "--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)"
-    )
+    status.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
     status.set_defaults(func=_status)
+
+    plan = commands.add_parser(
+        "plan",
+        help="what a push would write, per target, and why; writes nothing",
+        description="Plan status updates and reminders from the stored engagements. Writes nothing.",
+    )
+    plan.add_argument("--json", action="store_true", help='print {"actions": [...], "left_alone": [...]}')
+    plan.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
+    plan.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+    plan.set_defaults(func=_plan)
+
+    push = commands.add_parser(
+        "push",
+        help="apply the plan: status updates and reminders, exactly once",
+        description="Plan, queue in the outbox, and apply (one Prefect flow run). Failed writes are retried next run.",
+    )
+    push.add_argument("--json", action="store_true", help="print the run's report as JSON")
+    push.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
+    push.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+    push.set_defaults(func=_push)
 
     mappings = commands.add_parser(
         "mappings", help="validate mappings, write their JSON Schema", description="Work with mapping files."

@@ -21,9 +21,7 @@ DEFAULT_MAPPING = Path(__file__).resolve().parent.parent / "mappings" / "default
 
 
 class AccordSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ACCORD_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="ACCORD_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     database_url: str = Field(default_factory=default_database_url)
     mapping: Path = Field(default=DEFAULT_MAPPING, description="The mapping YAML")

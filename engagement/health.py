@@ -23,9 +23,7 @@ from engagement.model import (
 from engagement.records import Opportunity
 
 
-def derive_stage(
-    opportunity: Opportunity, progress: Progress, mapping: Mapping, now: datetime
-) -> LifecycleStage:
+def derive_stage(opportunity: Opportunity, progress: Progress, mapping: Mapping, now: datetime) -> LifecycleStage:
     """The first lifecycle rule of the mapping that matches; ``execution`` when none does."""
     fraction = progress.percent_complete / 100.0 if progress.total else 0.0
     close_passed = opportunity.close_date is not None and opportunity.close_date < now.date()
@@ -64,9 +62,7 @@ def _checkin(meetings: Meetings, mapping: Mapping, now: datetime) -> list[Reason
     if days <= cadence:
         return []
     severity: Severity = "red" if days > 2 * cadence else "amber"
-    scheduled = (
-        f"the next is in {(upcoming.start - now).days} days" if upcoming is not None else "none is scheduled"
-    )
+    scheduled = f"the next is in {(upcoming.start - now).days} days" if upcoming is not None else "none is scheduled"
     return [
         Reason(
             "checkin_overdue",
@@ -96,9 +92,7 @@ def _stakeholders(stakeholders: tuple[Stakeholder, ...], mapping: Mapping, now: 
         if person.last_touch is None:
             text = f"{who} has not attended a client meeting."
         else:
-            text = (
-                f"{who} not seen in a meeting for {(now - person.last_touch).days} days (limit {quiet_days})."
-            )
+            text = f"{who} not seen in a meeting for {(now - person.last_touch).days} days (limit {quiet_days})."
         reasons.append(Reason("stakeholder_quiet", "amber", text))
     unknown = [s for s in stakeholders if s.contact_id is None]
     if unknown:
@@ -121,9 +115,7 @@ def _delivery(progress: Progress, mapping: Mapping, stage: LifecycleStage, now: 
         days = progress.oldest_overdue_days
         oldest = f", the oldest {_plural(days, 'day')} past due" if days else ""
         text = f"{_plural(progress.overdue, 'overdue issue')}{oldest}."
-        if progress.overdue >= t.overdue_red or (
-            share >= t.overdue_share_red and progress.overdue >= t.overdue_amber
-        ):
+        if progress.overdue >= t.overdue_red or (share >= t.overdue_share_red and progress.overdue >= t.overdue_amber):
             reasons.append(Reason("overdue_work", "red", text))
         elif progress.overdue >= t.overdue_amber:
             reasons.append(Reason("overdue_work", "amber", text))

@@ -168,20 +168,14 @@ class StageRule(Strict):
 class HealthThresholds(Strict):
     checkin_cadence_days: int = Field(default=14, ge=1, description="A client meeting at least this often")
     stakeholder_quiet_days: int = Field(default=30, ge=1, description="Key stakeholder untouched this long")
-    key_roles: list[str] = Field(
-        default_factory=lambda: ["Decision Maker", "Executive Sponsor", "Economic Buyer"]
-    )
+    key_roles: list[str] = Field(default_factory=lambda: ["Decision Maker", "Executive Sponsor", "Economic Buyer"])
     overdue_amber: int = Field(default=1, ge=1, description="Overdue open issues for amber")
     overdue_red: int = Field(default=5, ge=1, description="Overdue open issues for red")
-    overdue_share_red: float = Field(
-        default=0.2, gt=0, le=1, description="Share of open issues overdue for red"
-    )
+    overdue_share_red: float = Field(default=0.2, gt=0, le=1, description="Share of open issues overdue for red")
     blocked_amber: int = Field(default=1, ge=1)
     blocked_red: int = Field(default=3, ge=1)
     throughput_weeks: int = Field(default=4, ge=1, le=26)
-    stalled_weeks: int = Field(
-        default=3, ge=1, description="No issue done for this many weeks while work is open"
-    )
+    stalled_weeks: int = Field(default=3, ge=1, description="No issue done for this many weeks while work is open")
 
     @model_validator(mode="after")
     def _ordered(self) -> HealthThresholds:
@@ -238,9 +232,7 @@ class JiraPush(Strict):
 
 
 class CalendarPush(Strict):
-    reminder_hour_utc: int = Field(
-        default=9, ge=0, le=23, description="When reminder events start (UTC hour)"
-    )
+    reminder_hour_utc: int = Field(default=9, ge=0, le=23, description="When reminder events start (UTC hour)")
     duration_minutes: int = Field(default=15, ge=5, le=240)
     batch_size: int = Field(default=50, ge=1, le=1000, description="Calls per batch request")
 
@@ -254,16 +246,12 @@ class DaysRule(RuleSwitch):
 
 
 class StatusUpdateRule(RuleSwitch):
-    progress_step: int = Field(
-        default=10, ge=1, le=100, description="Post when progress crosses a step of this many %"
-    )
+    progress_step: int = Field(default=10, ge=1, le=100, description="Post when progress crosses a step of this many %")
 
 
 class PostClosureRule(RuleSwitch):
     days: list[int] = Field(default_factory=lambda: [30, 90])
-    window_days: int = Field(
-        default=14, ge=1, description="A follow-up not sent within this window is skipped"
-    )
+    window_days: int = Field(default=14, ge=1, description="A follow-up not sent within this window is skipped")
 
 
 class Rules(Strict):
@@ -319,18 +307,13 @@ class Mapping(Strict):
     @classmethod
     def _supported(cls, value: int) -> int:
         if value not in SUPPORTED_VERSIONS:
-            raise ValueError(
-                f"version {value} is not supported; this Accord reads version {SUPPORTED_VERSIONS}"
-            )
+            raise ValueError(f"version {value} is not supported; this Accord reads version {SUPPORTED_VERSIONS}")
         return value
 
     @model_validator(mode="after")
     def _project_link(self) -> Mapping:
         link = self.jira.projects
-        if (
-            link.source == "opportunity_field"
-            and link.opportunity_field not in self.salesforce.opportunities.fields
-        ):
+        if link.source == "opportunity_field" and link.opportunity_field not in self.salesforce.opportunities.fields:
             raise ValueError(
                 f"jira.projects.opportunity_field {link.opportunity_field!r} is not an attribute of "
                 f"salesforce.opportunities.fields ({sorted(self.salesforce.opportunities.fields)})"
@@ -376,11 +359,7 @@ def _line_for(index: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = [
-        str(p)
-        for p in error["loc"]
-        if not (isinstance(p, str) and p.startswith(("function-", "list[", "dict[")))
-    ]
+    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "dict[")))]
     where = ".".join(loc) or "(top level)"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -405,9 +384,7 @@ def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
         problem = getattr(exc, "problem", None) or str(exc)
         raise MappingError(path, [(line, f"not valid YAML: {problem}")]) from None
     if not isinstance(data, dict) or node is None:
-        raise MappingError(
-            path, [(1, "expected a YAML mapping with at least `version`, `salesforce` and `identity`")]
-        )
+        raise MappingError(path, [(1, "expected a YAML mapping with at least `version`, `salesforce` and `identity`")])
     index = _line_index(node)
     try:
         return Mapping.model_validate(data)

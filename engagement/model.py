@@ -60,6 +60,7 @@ class Progress:
     unassigned_open: int
     throughput: tuple[int, ...]  # issues done per week, oldest first, last `throughput_weeks` weeks
     oldest_overdue_days: int | None
+    oldest_overdue_key: str | None = None  # the Jira key of the longest-overdue open issue
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,7 @@ class Account:
 
     @classmethod
     def from_record(cls, r: SourceRecord) -> Account:
-        return cls(
-            r.id, _str(r.data, "name") or r.id, split_domains(r.data.get("domains")), _str(r.data, "owner")
-        )
+        return cls(r.id, _str(r.data, "name") or r.id, split_domains(r.data.get("domains")), _str(r.data, "owner"))
 
 
 @dataclass(frozen=True)
@@ -98,9 +96,7 @@ class Contact:
     @classmethod
     def from_record(cls, r: SourceRecord) -> Contact:
         d = r.data
-        name = (
-            " ".join(p for p in (_str(d, "first_name"), _str(d, "last_name")) if p) or _str(d, "name") or r.id
-        )
+        name = " ".join(p for p in (_str(d, "first_name"), _str(d, "last_name")) if p) or _str(d, "name") or r.id
         return cls(r.id, _str(d, "account"), name, _str(d, "email"), _str(d, "title"), r.updated_at)
 
 
@@ -144,9 +140,7 @@ class ContactRole:
     @classmethod
     def from_record(cls, r: SourceRecord) -> ContactRole:
         d = r.data
-        return cls(
-            r.id, str(d.get("opportunity")), str(d.get("contact")), _str(d, "role"), bool(d.get("primary"))
-        )
+        return cls(r.id, str(d.get("opportunity")), str(d.get("contact")), _str(d, "role"), bool(d.get("primary")))
 
 
 @dataclass(frozen=True)
@@ -160,9 +154,7 @@ class CrmUser:
     @classmethod
     def from_record(cls, r: SourceRecord) -> CrmUser:
         d = r.data
-        name = (
-            " ".join(p for p in (_str(d, "first_name"), _str(d, "last_name")) if p) or _str(d, "name") or r.id
-        )
+        name = " ".join(p for p in (_str(d, "first_name"), _str(d, "last_name")) if p) or _str(d, "name") or r.id
         return cls(r.id, name, _str(d, "email"), _str(d, "manager"), d.get("active") is not False)
 
 

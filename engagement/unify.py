@@ -220,6 +220,7 @@ class _Unifier:
         by_category = {"new": 0, "indeterminate": 0, "done": 0}
         overdue = blocked = unassigned = 0
         oldest: int | None = None
+        oldest_key: str | None = None
         for issue in work:
             category = issue.status_category if issue.status_category in by_category else "new"
             by_category[category] += 1
@@ -228,7 +229,8 @@ class _Unifier:
             if issue.due_date is not None and issue.due_date < today:
                 overdue += 1
                 days = (today - issue.due_date).days
-                oldest = days if oldest is None else max(oldest, days)
+                if oldest is None or days > oldest or (days == oldest and issue.key < (oldest_key or "")):
+                    oldest, oldest_key = days, issue.key
             if issue.status.casefold() in blocked_statuses or blocked_labels & {
                 label.casefold() for label in issue.labels
             }:
@@ -239,11 +241,7 @@ class _Unifier:
         throughput = [0] * weeks
         start = self.now - timedelta(weeks=weeks)
         for issue in work:
-            if (
-                issue.status_category == "done"
-                and issue.resolved is not None
-                and start <= issue.resolved < self.now
-            ):
+            if issue.status_category == "done" and issue.resolved is not None and start <= issue.resolved < self.now:
                 throughput[min(weeks - 1, int((issue.resolved - start) / timedelta(weeks=1)))] += 1
         total = len(work)
         return Progress(
@@ -255,6 +253,7 @@ class _Unifier:
             unassigned_open=unassigned,
             throughput=tuple(throughput),
             oldest_overdue_days=oldest,
+            oldest_overdue_key=oldest_key,
         )
 
     def meetings(self, attributions: list[_Attribution]) -> Meetings:
@@ -274,9 +273,7 @@ class _Unifier:
             scheduled=len(future),
         )
 
-    def stakeholders(
-        self, opportunity: Opportunity, attributions: list[_Attribution]
-    ) -> tuple[Stakeholder, ...]:
+    def stakeholders(self, opportunity: Opportunity, attributions: list[_Attribution]) -> tuple[Stakeholder, ...]:
         quiet = timedelta(days=self.mapping.health.stakeholder_quiet_days)
         touches: dict[str, datetime] = {}
         attendees: dict[str, IdentityMatch] = {}
@@ -348,9 +345,7 @@ class _Unifier:
         ]
         for a in attributions:
             if a.event.start <= self.now:
-                items.append(
-                    Activity(a.event.start, "google_calendar", "meeting", a.event.id, a.event.summary)
-                )
+                items.append(Activity(a.event.start, "google_calendar", "meeting", a.event.id, a.event.summary))
         for issue in issues:
             if issue.resolved is not None and issue.status_category == "done":
                 items.append(Activity(issue.resolved, "jira", "issue_done", issue.key, issue.summary))
@@ -376,9 +371,7 @@ class _Unifier:
             meetings = self.meetings(attributions)
             stakeholders = self.stakeholders(opportunity, attributions)
             stage = derive_stage(opportunity, progress, self.mapping, self.now)
-            health = assess_health(
-                stage, opportunity, progress, meetings, stakeholders, self.mapping, self.now
-            )
+            health = assess_health(stage, opportunity, progress, meetings, stakeholders, self.mapping, self.now)
             account = self.accounts.get(opportunity.account_id or "")
             owner = self.users.get(opportunity.owner_id or "")
             engagements.append(

@@ -119,9 +119,7 @@ def build_connector(source: str, settings: AccordSettings, mapping: Mapping) -> 
         from connectors.jira import JiraConnector
 
         if settings.jira is None:
-            raise MissingSettingsError(
-                "jira", "ACCORD_JIRA__SERVER, ACCORD_JIRA__EMAIL, ACCORD_JIRA__API_TOKEN"
-            )
+            raise MissingSettingsError("jira", "ACCORD_JIRA__SERVER, ACCORD_JIRA__EMAIL, ACCORD_JIRA__API_TOKEN")
         return JiraConnector(settings.jira, mapping)
     if source == "google_calendar":
         from connectors.google_calendar import CalendarConnector
@@ -167,9 +165,7 @@ def pull_unit(
                 cursor=update,
                 stamp=upper,
             )
-            store.set_cursor(
-                CursorUpdate(source, unit.stream + RECONCILED_SUFFIX, unit.partition, iso(upper))
-            )
+            store.set_cursor(CursorUpdate(source, unit.stream + RECONCILED_SUFFIX, unit.partition, iso(upper)))
         else:
             result = store.apply_batch(batch.records, update)
         stats.add_batch(batch, result)
@@ -230,9 +226,7 @@ def threaded_pull_all(settings: AccordSettings, mapping: Mapping, store: Store) 
     ) -> dict[str, Callable[[], SourceReport]]:
         pool = ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="pull")
         futures = {
-            s: pool.submit(
-                pull_source, s, settings, mapping, store, upper=upper, full=full, reconcile=reconcile
-            )
+            s: pool.submit(pull_source, s, settings, mapping, store, upper=upper, full=full, reconcile=reconcile)
             for s in sources
         }
         pool.shutdown(wait=False)

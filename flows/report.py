@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.engine import SyncReport
+from flows.push_engine import PushPlan, PushReport
 
 HEALTH_MARK = {"green": "🟢 green", "amber": "🟠 amber", "red": "🔴 red"}
 
@@ -45,8 +46,7 @@ def sync_markdown(report: SyncReport, max_engagements: int = 200) -> str:
     counts = view.health_counts()
     lines += [
         "",
-        f"**Engagements:** {len(view.engagements)} — "
-        + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
+        f"**Engagements:** {len(view.engagements)} — " + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
         f"**Unknown stakeholders to review:** {len(view.unknown_stakeholders)} — "
         f"**ambiguous meetings:** {len(view.ambiguous_meetings)}",
         "",
@@ -100,3 +100,39 @@ def engagement_table(rows: list[dict[str, Any]]) -> str:
         cells = (r["health"], 6), (r["stage"], 10), (f"{r['progress']:>4.0f}%", 5), (last, 10), (upcoming, 10)
         out.append("  ".join(f"{v:<{w}}" for v, w in cells) + f"  {name:<44}  {reasons}")
     return "\n".join(out)
+
+
+def plan_markdown(plan: PushPlan, limit: int = 300) -> str:
+    actions = plan.actions_json()
+    lines = [f"# Accord push plan ({len(actions)} writes)", ""]
+    by_target: dict[str, int] = {}
+    for a in actions:
+        by_target[a["target"]] = by_target.get(a["target"], 0) + 1
+    lines.append(", ".join(f"**{t}**: {n}" for t, n in sorted(by_target.items())) or "Nothing to write.")
+    lines += ["", "| target | what | engagement | key | why |", "|---|---|---|---|---|"]
+    for a in actions[:limit]:
+        why = _md_escape(a["reason"])
+        lines.append(f"| {a['target']} | {a['action']} {a['kind']} | {a['engagement']} | `{a['key']}` | {why} |")
+    if len(actions) > limit:
+        lines.append(f"| … | {len(actions) - limit} more | | | |")
+    if plan.skipped:
+        lines += ["", f"**Left alone:** {len(plan.skipped)}", "", "| engagement | what | why |", "|---|---|---|"]
+        for s in plan.skipped[:limit]:
+            lines.append(f"| {s.engagement_id} | {_md_escape(s.what)} | {_md_escape(s.why)} |")
+    return "\n".join(lines)
+
+
+def push_markdown(report: PushReport) -> str:
+    lines = ["# Accord push results", "", "| target | attempted | delivered | failed | calls | outcomes | error |"]
+    lines.append("|---|---:|---:|---:|---:|---|---|")
+    for name, t in sorted(report.targets.items()):
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items())) or "—"
+        error = _md_escape(t.error or "")
+        lines.append(f"| {name} | {t.attempted} | {t.delivered} | {t.failed} | {t.calls} | {outcomes} | {error} |")
+    failures = [(name, key, error) for name, t in report.targets.items() for key, error in t.failures]
+    if failures:
+        lines += ["", "**Failed writes** (kept in the outbox, retried next run):", "", "| target | key | error |"]
+        lines.append("|---|---|---|")
+        for name, key, error in failures[:100]:
+            lines.append(f"| {name} | `{key}` | {_md_escape(error)} |")
+    return "\n".join(lines)

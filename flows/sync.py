@@ -67,9 +67,7 @@ def run_sync_flow(settings: AccordSettings, mapping: Mapping, *, full: bool, log
     def pull_all(
         sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
     ) -> dict[str, Callable[[], SourceReport]]:
-        futures = {
-            s: pull_task.submit(s, settings, mapping, settings.database_url, upper, full) for s in sources
-        }
+        futures = {s: pull_task.submit(s, settings, mapping, settings.database_url, upper, full) for s in sources}
         return {s: f.result for s, f in futures.items()}
 
     try:

@@ -1,5 +1,15 @@
 """SQLAlchemy persistence: records, cursors, engagements, runs (and the outbox)."""
 
+from store.outbox import Delivery, Outbox, OutboxItem
 from store.store import BatchResult, CursorUpdate, HealthChange, Store, default_database_url
 
-__all__ = ["BatchResult", "CursorUpdate", "HealthChange", "Store", "default_database_url"]
+__all__ = [
+    "BatchResult",
+    "CursorUpdate",
+    "Delivery",
+    "HealthChange",
+    "Outbox",
+    "OutboxItem",
+    "Store",
+    "default_database_url",
+]

@@ -58,3 +58,33 @@ sync_runs = Table(
     Column("full", Boolean, nullable=False),
     Column("stats", JsonType, nullable=False),
 )
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("key", String(255), primary_key=True),  # idempotency key, also stored in the target
+    Column("target", String(32), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("engagement_id", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", JsonType, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed | superseded
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("retriable", Boolean, nullable=False, default=True),
+    Column("last_error", Text, nullable=True),
+    Column("outcome", String(16), nullable=True),  # created | updated | exists
+    Column("target_id", String(255), nullable=True),
+    Column("planned_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("delivered_at", String(32), nullable=True),
+)
+Index("ix_outbox_state", outbox.c.target, outbox.c.state)
+
+pushed_status = Table(
+    "pushed_status",
+    metadata,
+    Column("engagement_id", String(255), primary_key=True),
+    Column("fingerprint", JsonType, nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("planned_at", String(32), nullable=False),
+)

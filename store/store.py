@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from engagement.model import UnifiedView
 from engagement.records import SourceRecord, iso, parse_datetime
+from store.outbox import Outbox
 from store.schema import cursors, engagements, metadata, records, sync_runs
 
 BATCH_LOOKUP = 500  # ids per IN (...) lookup: well under SQLite's variable limit
@@ -88,6 +89,7 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.outbox = Outbox(self.engine, self._insert())
 
     def create_all(self) -> None:
         metadata.create_all(self.engine)
@@ -115,9 +117,9 @@ class Store:
         for start in range(0, len(keys), BATCH_LOOKUP):
             chunk = keys[start : start + BATCH_LOOKUP]
             rows = conn.execute(
-                select(
-                    records.c.source, records.c.stream, records.c.id, records.c.digest, records.c.deleted
-                ).where(tuple_(records.c.source, records.c.stream, records.c.id).in_(chunk))
+                select(records.c.source, records.c.stream, records.c.id, records.c.digest, records.c.deleted).where(
+                    tuple_(records.c.source, records.c.stream, records.c.id).in_(chunk)
+                )
             )
             for row in rows:
                 existing[(row.source, row.stream, row.id)] = (row.digest, row.deleted)
@@ -342,25 +344,19 @@ class Store:
             current = {e.id for e in view.engagements}
             vanished = [i for i in before if i not in current]
             for start in range(0, len(vanished), BATCH_LOOKUP):
-                conn.execute(
-                    delete(engagements).where(engagements.c.id.in_(vanished[start : start + BATCH_LOOKUP]))
-                )
+                conn.execute(delete(engagements).where(engagements.c.id.in_(vanished[start : start + BATCH_LOOKUP])))
             changes.extend(HealthChange(i, before[i][2], before[i][1], None) for i in vanished)
         return changes
 
     def load_engagements(self) -> list[dict[str, Any]]:
         """Stored engagements: each ``{"summary": {...}, "detail": {...}}``, by id."""
         with self.engine.connect() as conn:
-            return [
-                row.payload for row in conn.execute(select(engagements.c.payload).order_by(engagements.c.id))
-            ]
+            return [row.payload for row in conn.execute(select(engagements.c.payload).order_by(engagements.c.id))]
 
     def health_counts(self) -> dict[str, int]:
         counts = Counter({"green": 0, "amber": 0, "red": 0})
         with self.engine.connect() as conn:
-            for health, n in conn.execute(
-                select(engagements.c.health, func.count()).group_by(engagements.c.health)
-            ):
+            for health, n in conn.execute(select(engagements.c.health, func.count()).group_by(engagements.c.health)):
                 counts[health] = int(n)
         return dict(counts)
 
@@ -377,9 +373,7 @@ class Store:
     def finish_run(self, run_id: int, status: str, stats: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                update(sync_runs)
-                .where(sync_runs.c.id == run_id)
-                .values(finished_at=_now(), status=status, stats=stats)
+                update(sync_runs).where(sync_runs.c.id == run_id).values(finished_at=_now(), status=status, stats=stats)
             )
 
     def last_runs(self, limit: int = 10) -> list[dict[str, Any]]:

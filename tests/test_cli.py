@@ -24,6 +24,8 @@ COMMANDS = [
     ["mappings"],
     ["mappings", "validate"],
     ["mappings", "schema"],
+    ["plan"],
+    ["push"],
     ["demo"],
 ]
 

@@ -114,9 +114,7 @@ def sponsor(days_ago: int | None, quiet_days: int = 30) -> Stakeholder:
 
 
 def test_green_when_all_is_well(mapping: Mapping) -> None:
-    health = assess_health(
-        "execution", opportunity(), progress(), meetings(3, 4), (sponsor(3),), mapping, NOW
-    )
+    health = assess_health("execution", opportunity(), progress(), meetings(3, 4), (sponsor(3),), mapping, NOW)
     assert health.level == "green" and health.reasons == ()
 
 
@@ -142,9 +140,7 @@ def test_checkin_cadence(mapping: Mapping, last: int | None, upcoming: int | Non
 
 
 def test_quiet_key_stakeholder_and_missing_one(mapping: Mapping) -> None:
-    quiet = assess_health(
-        "execution", opportunity(), progress(), meetings(3, 4), (sponsor(45),), mapping, NOW
-    )
+    quiet = assess_health("execution", opportunity(), progress(), meetings(3, 4), (sponsor(45),), mapping, NOW)
     assert quiet.level == "amber"
     assert quiet.reasons[0].text == "Decision Maker Jane Doe not seen in a meeting for 45 days (limit 30)."
     nobody = assess_health("execution", opportunity(), progress(), meetings(3, 4), (), mapping, NOW)
@@ -194,9 +190,7 @@ def test_stalled_delivery_and_info_reasons_keep_green(mapping: Mapping) -> None:
     )
     assert [r.code for r in stalled.reasons] == ["delivery_stalled"]
     unknown = Stakeholder("new@client.com", None, None, None, False, NOW, True, "domain")
-    info = assess_health(
-        "execution", opportunity(), progress(), meetings(3, 4), (sponsor(3), unknown), mapping, NOW
-    )
+    info = assess_health("execution", opportunity(), progress(), meetings(3, 4), (sponsor(3), unknown), mapping, NOW)
     assert info.level == "green" and info.reasons[0].severity == "info"
 
 

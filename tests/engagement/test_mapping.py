@@ -27,9 +27,7 @@ def problems(text: str) -> list[tuple[int | None, str]]:
 def test_unknown_key_names_its_line() -> None:
     text = DEFAULT.replace("  lookback_seconds: 300", "  lookback_secs: 300")
     line = text.splitlines().index("  lookback_secs: 300") + 1
-    assert problems(text) == [
-        (line, "salesforce.lookback_secs: unknown key (check its spelling and indentation)")
-    ]
+    assert problems(text) == [(line, "salesforce.lookback_secs: unknown key (check its spelling and indentation)")]
 
 
 def test_wrong_type_and_range() -> None:
@@ -61,9 +59,7 @@ def test_cross_field_rules() -> None:
 
 
 def test_unsupported_version_and_broken_yaml() -> None:
-    assert any(
-        "version 7 is not supported" in m for _, m in problems(DEFAULT.replace("version: 1", "version: 7"))
-    )
+    assert any("version 7 is not supported" in m for _, m in problems(DEFAULT.replace("version: 1", "version: 7")))
     broken = problems("version: 1\nsalesforce: [\n")
     assert broken[0][0] == 3 and broken[0][1].startswith("not valid YAML")
     assert problems("- just\n- a list\n")[0][1].startswith("expected a YAML mapping")

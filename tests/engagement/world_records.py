@@ -126,9 +126,7 @@ def world_records(world: World) -> list[SourceRecord]:
         assert i.project_key in engagements_by_project
     for m in world.meetings:
         calendar = users[m.calendar_owner_key].email
-        attendees = [
-            {"email": a.email, "response": a.response, "organizer": a.organizer} for a in m.attendees
-        ]
+        attendees = [{"email": a.email, "response": a.response, "organizer": a.organizer} for a in m.attendees]
         duration = m.end - m.start
         if m.recurrence:
             starts = [s for s in _instances(m.start, m.recurrence) if s not in m.cancelled_occurrences]
