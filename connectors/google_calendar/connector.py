@@ -39,7 +39,7 @@ from googleapiclient import discovery
 
 from connectors.base import WorkUnit
 from connectors.errors import ConnectorError
-from connectors.google_calendar.credentials import build_credentials
+from connectors.google_calendar.credentials import READONLY_SCOPE, build_credentials
 from connectors.google_calendar.errors import SOURCE, FullSyncRequiredError, classify
 from connectors.incremental import Batch, PageGuard
 from connectors.retry import call_with_retry
@@ -125,6 +125,29 @@ def to_record(calendar_id: str, item: dict[str, Any], where: tzinfo, fallback: d
     return SourceRecord(SOURCE, STREAM, record_id, stamp, data, partition=calendar_id)
 
 
+def build_service(
+    settings: GoogleCalendarSettings,
+    *,
+    subject: str | None = None,
+    scopes: tuple[str, ...] = (READONLY_SCOPE,),
+) -> Any:
+    """A Calendar service on its own httplib2 connection (not thread-safe: one per thread).
+
+    ``scopes`` apply to service accounts (the writer asks for the events scope); ``subject`` is the
+    user a service account acts as.
+    """
+    transport = httplib2.Http(timeout=settings.timeout_s, ca_certs=settings.ca_cert)
+    http = AuthorizedHttp(build_credentials(settings, subject=subject, scopes=scopes), http=transport)
+    return discovery.build(
+        "calendar",
+        "v3",
+        http=http,
+        client_options={"api_endpoint": settings.api_endpoint} if settings.api_endpoint else None,
+        static_discovery=True,  # the wheel ships the discovery document: no network here
+        cache_discovery=False,
+    )
+
+
 @dataclass(frozen=True)
 class EventsPage:
     items: list[dict[str, Any]]
@@ -145,17 +168,7 @@ class CalendarConnector:
 
     # -- client ----------------------------------------------------------------------------------------
     def _build(self, subject: str | None) -> Any:
-        s = self.settings
-        transport = httplib2.Http(timeout=s.timeout_s, ca_certs=s.ca_cert)
-        http = AuthorizedHttp(build_credentials(s, subject=subject), http=transport)
-        service = discovery.build(
-            "calendar",
-            "v3",
-            http=http,
-            client_options={"api_endpoint": s.api_endpoint} if s.api_endpoint else None,
-            static_discovery=True,  # the wheel ships the discovery document: no network here
-            cache_discovery=False,
-        )
+        service = build_service(self.settings, subject=subject)
         with self._lock:
             self._open.append(service)
         return service

@@ -4,7 +4,8 @@ service account (optionally acting as a user through domain-wide delegation).
 - token only: used as is; when Google refuses it, nothing can renew it (``AuthError``).
 - refresh_token + client_id/client_secret (+ token_uri): an expired or revoked access token is
   renewed by google-auth on the 401 (``AuthorizedHttp`` refreshes and replays the request once).
-- service_account_file: a JWT grant for the read-only scope; ``subject`` acts as that user.
+- service_account_file: a JWT grant for ``scopes`` (read-only for the connector, events for the
+  writer); ``subject`` acts as that user.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def to_record(issue: dict[str, Any], extra_fields: dict[str, str]) -> SourceReco
     return SourceRecord(SOURCE, STREAM, issue_id, stamp, data, partition=project)
 
 
-def _get_json(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, Any]]:
+def get_json(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, Any]]:
     """GET ``path`` under ``/rest/api/{v}/`` and answer its raw JSON.
 
     This is the library's own helper (``JIRA._get_json``: its ResilientSession, URL building and
@@ -249,20 +249,23 @@ class JiraConnector:
             )
         return client
 
-    def _call(self, what: str, fn: Callable[[JIRA], T]) -> T:
-        def attempt() -> T:
-            try:
-                with self._pool.client() as client:
-                    return fn(client)
-            except ConnectorError:
-                raise
-            except JIRAError as exc:
-                # Its str() carries the response headers and body: keep it out of tracebacks.
-                raise classify(exc, what) from None
-            except Exception as exc:
-                raise classify(exc, what) from exc
+    def call_once(self, what: str, fn: Callable[[JIRA], T]) -> T:
+        """``fn`` on a pooled client, once, its failure classified. For steps that are only safe to
+        repeat together (the writer's check-then-post): the caller retries the whole sequence."""
+        try:
+            with self._pool.client() as client:
+                return fn(client)
+        except ConnectorError:
+            raise
+        except JIRAError as exc:
+            # Its str() carries the response headers and body: keep it out of tracebacks.
+            raise classify(exc, what) from None
+        except Exception as exc:
+            raise classify(exc, what) from exc
 
-        return call_with_retry(self.settings.retry, attempt)
+    def call(self, what: str, fn: Callable[[JIRA], T]) -> T:
+        """``fn`` on a pooled client under the retry policy: for idempotent requests only."""
+        return call_with_retry(self.settings.retry, partial(self.call_once, what, fn))
 
     def close(self) -> None:
         self._pool.close()
@@ -292,7 +295,7 @@ class JiraConnector:
         with self._lock:
             if self._zone_known:
                 return self._zone
-        me: dict[str, Any] = self._call("read the API user's time zone", lambda c: c.myself())
+        me: dict[str, Any] = self.call("read the API user's time zone", lambda c: c.myself())
         name = me.get("timeZone")
         try:
             zone = ZoneInfo(str(name)) if name else None
@@ -311,7 +314,7 @@ class JiraConnector:
         start = 0
         while True:
             params = {"startAt": start, "maxResults": PROJECT_PAGE_SIZE}
-            page = self._call("list projects", _get_json("project/search", params))
+            page = self.call("list projects", get_json("project/search", params))
             values = page.get("values") or []
             keys.extend(str(p["key"]) for p in values)
             if page.get("isLast", True) or not values:
@@ -340,7 +343,7 @@ class JiraConnector:
         token: str | None = None
         while True:
             sent = params if token is None else {**params, "nextPageToken": token}
-            result = self._call(what, _get_json("search/jql", sent))
+            result = self.call(what, get_json("search/jql", sent))
             yield list(result.get("issues") or [])
             token = result.get("nextPageToken")
             if not token or result.get("isLast") is True:

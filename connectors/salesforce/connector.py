@@ -62,17 +62,18 @@ def secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-class SalesforceConnector:
-    source = SOURCE
+class SalesforceClient:
+    """One simple-salesforce client for one org: logged in on first use, shared by the worker threads,
+    every call run under the retry policy with errors classified once (``errors.classify``).
 
-    def __init__(self, settings: SalesforceSettings, mapping: Mapping) -> None:
+    The reader (``SalesforceConnector``) and the writer (``SalesforceWriter``) both talk through it.
+    """
+
+    def __init__(self, settings: SalesforceSettings) -> None:
         self.settings = settings
-        self.mapping = mapping
         self._sf: Salesforce | None = None
         self._lock = threading.RLock()
-        self.api_usage: dict[str, Any] = {}
 
-    # -- client ----------------------------------------------------------------------------------------
     def _connect(self) -> Salesforce:
         s = self.settings
         domain = s.domain if s.auth != "client_credentials" or s.domain not in ("login", "test") else "login"
@@ -118,10 +119,12 @@ class SalesforceConnector:
         and sized to the concurrency setting); a renewed session is seen by all of them."""
         with self._lock:
             if self._sf is None:
-                self._sf = self._call("log in", self._connect)
+                self._sf = self.call("log in", self._connect)
             return self._sf
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` under the retry policy; library exceptions come out as connector errors."""
+
         def attempt() -> T:
             try:
                 return fn()
@@ -135,6 +138,15 @@ class SalesforceConnector:
             if self._sf is not None:
                 self._sf.session.close()
                 self._sf = None
+
+
+class SalesforceConnector(SalesforceClient):
+    source = SOURCE
+
+    def __init__(self, settings: SalesforceSettings, mapping: Mapping) -> None:
+        super().__init__(settings)
+        self.mapping = mapping
+        self.api_usage: dict[str, Any] = {}
 
     # -- streams -------------------------------------------------------------------------------------------
     def stream(self, name: str) -> SalesforceStream:
@@ -156,25 +168,19 @@ class SalesforceConnector:
         if window.lower is not None:
             where.append(f"{CURSOR_FIELD} >= {soql.literal(window.lower)}")
         where.append(f"{CURSOR_FIELD} < {soql.literal(window.upper)}")
-        return soql.select(
-            stream.object, self._fields(stream), where=where, order_by=[f"{CURSOR_FIELD} ASC", "Id ASC"]
-        )
+        return soql.select(stream.object, self._fields(stream), where=where, order_by=[f"{CURSOR_FIELD} ASC", "Id ASC"])
 
     def _pages(self, query: str, *, include_deleted: bool, what: str) -> Iterator[list[dict[str, Any]]]:
         headers = {"Sforce-Query-Options": f"batchSize={self.settings.page_size}"}
         guard = PageGuard(what)
-        result = self._call(
-            what, lambda: self.client.query(query, include_deleted=include_deleted, headers=headers)
-        )
+        result = self.call(what, lambda: self.client.query(query, include_deleted=include_deleted, headers=headers))
         while True:
             yield list(result.get("records") or [])
             next_url = result.get("nextRecordsUrl")
             if result.get("done", True) or not next_url:
                 break
             guard.check(next_url)
-            result = self._call(
-                what, partial(self.client.query_more, next_url, identifier_is_url=True, headers=headers)
-            )
+            result = self.call(what, partial(self.client.query_more, next_url, identifier_is_url=True, headers=headers))
         usage = getattr(self.client, "api_usage", None)
         if usage:
             with self._lock:
@@ -192,9 +198,7 @@ class SalesforceConnector:
     ) -> Iterator[Batch]:
         stream = self.stream(unit.stream)
         lookback = timedelta(seconds=self.mapping.salesforce.lookback_seconds)
-        window = (
-            Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
-        )
+        window = Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
         what = f"read {stream.object}"
         query = self.build_query(stream, window)
         seen: set[str] | None = set() if window.full else None
