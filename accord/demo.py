@@ -65,11 +65,57 @@ def run_demo(size: str = "small", seed: int = 1, workdir: Path | None = None) ->
         store.dispose()
         _say(f"engagements ({len(rows)})")
         print(engagement_table(rows))
+
+        from flows.push import push_flow
+
+        _say("push plan (accord plan): what would be written, and why")
+        plan = push_flow(dry_run=True)
+        _print_plan_summary(plan)
+        before = sandbox.counts()
+        since = sandbox.log.last_seq
+        _say("push (accord push): applying the plan through the outbox")
+        pushed = push_flow(dry_run=False)
+        for target, t in pushed["targets"].items():
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items())) or "nothing to do"
+            print(f"   {target}: {t['delivered']} delivered, {t['failed']} failed in {t['calls']} calls ({outcomes})")
+        after = sandbox.counts()
+        _say("read back from the sandbox")
+        print(f"   Salesforce Tasks: {before['salesforce']['Task']} -> {after['salesforce']['Task']}")
+        print(
+            f"   Jira comments: {before['jira']['comments']} -> {after['jira']['comments']}, "
+            f"entity properties: {before['jira']['properties']} -> {after['jira']['properties']}"
+        )
+        print(f"   calendar events: {before['google_calendar']['events']} -> {after['google_calendar']['events']}")
+        calls = sandbox.log.summary(since_seq=since)
+        print("   write calls: " + ", ".join(f"{api}={sum(e.values())}" for api, e in calls.items()))
+        _say("push again: nothing new to write")
+        again = push_flow(dry_run=False)
+        print(f"   planned {again['planned']} writes, queued {again['queued']}")
+        if again["queued"]:
+            print("   a second push queued writes: not idempotent", file=sys.stderr)
+            return 1
         errors = sandbox.emulator_errors()
         if errors:
             print(f"sandbox emulator errors: {len(errors)}", file=sys.stderr)
             return 1
     return 0
+
+
+def _print_plan_summary(plan: dict[str, object]) -> None:
+    actions = plan["actions"]
+    skipped = plan["left_alone"]
+    assert isinstance(actions, list) and isinstance(skipped, list)
+    kinds: dict[str, int] = {}
+    for a in actions:
+        kinds[f"{a['target']} {a['kind']}"] = kinds.get(f"{a['target']} {a['kind']}", 0) + 1
+    for kind, n in sorted(kinds.items()):
+        print(f"   {n:>4} x {kind}")
+    shown: set[str] = set()
+    for a in actions:  # one example of each kind of write
+        if a["kind"] not in shown:
+            shown.add(a["kind"])
+            print(f"   e.g. {a['action']} {a['kind']} {a['key']}: {a['reason'][:110]}")
+    print(f"   left alone: {len(skipped)}")
 
 
 def _print_counts(result: dict[str, object]) -> None:

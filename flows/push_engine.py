@@ -233,7 +233,7 @@ def _plan_status(
                         "body": wording.status_comment(e, update),
                         "property_key": mapping.push.jira.property_key,
                         "property_value": {
-                            "key": update.key,
+                            "key": f"{update.key}-jira",
                             "health": e.health.level,
                             "stage": e.stage,
                             "posted_at": iso(plan.now),
@@ -389,9 +389,9 @@ def apply_target(
                 results = writer.write(requests)
             except ConnectorError as exc:
                 report.error = str(exc)
-                store.outbox.mark(
-                    [Delivery(i.key, False, "failed", error=str(exc), retriable=exc.retriable) for i in chunk]
-                )
+                # The whole call failed (credentials, configuration, quota): keep every item for the
+                # next run; what broke is fixed outside Accord, and nothing may be dropped meanwhile.
+                store.outbox.mark([Delivery(i.key, False, "failed", error=str(exc), retriable=True) for i in chunk])
                 report.failed += len(chunk)
                 report.failures += [(i.key, str(exc)) for i in chunk]
                 log.error("%s: writes stopped: %s", target, exc)

@@ -12,12 +12,42 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from accord.settings import AccordSettings, load_settings
 from engagement.mapping import Mapping, load_mapping
-from flows.engine import SourceReport, pull_source, run_sync
+from flows.engine import SourceReport, SyncReport, pull_source, run_sync
 from flows.report import sync_markdown
 from store import Store
+
+HEALTH_EVENT = "accord.engagement.health-changed"
+
+
+def emit_health_events(report: SyncReport) -> int:
+    """One Prefect event per engagement whose health changed (not for first sightings), so an
+    automation can notify. Ids and reason codes only: names and reasons stay in Accord."""
+    assert report.view is not None
+    engagements = {e.id: e for e in report.view.engagements}
+    emitted = 0
+    for change in report.health_changes:
+        if change.previous is None or change.current is None:
+            continue
+        engagement = engagements.get(change.engagement_id)
+        emit_event(
+            event=HEALTH_EVENT,
+            resource={
+                "prefect.resource.id": f"accord.engagement.{change.engagement_id}",
+                "accord.health": change.current,
+            },
+            payload={
+                "engagement_id": change.engagement_id,
+                "from": change.previous,
+                "to": change.current,
+                "reason_codes": [r.code for r in engagement.health.reasons] if engagement else [],
+            },
+        )
+        emitted += 1
+    return emitted
 
 
 class SyncFailedError(RuntimeError):
@@ -79,6 +109,7 @@ def run_sync_flow(settings: AccordSettings, mapping: Mapping, *, full: bool, log
         key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
     )
     logger.info("engagements by health: %s", report.view.health_counts())
+    emit_health_events(report)
     if report.failed:
         names = ", ".join(f"{s.source} ({s.error})" for s in report.failed)
         raise SyncFailedError(f"could not pull {names}; the other sources were stored")

@@ -26,9 +26,7 @@ class SandboxControl:
                 f"cannot reach the sandbox control API at {self.base_url}: is `accord sandbox up` running?"
             ) from exc
         if response.status_code >= 400:
-            raise SandboxControlError(
-                f"{method} {path} failed with {response.status_code}: {response.text[:300]}"
-            )
+            raise SandboxControlError(f"{method} {path} failed with {response.status_code}: {response.text[:300]}")
         return response.json() if response.content else None
 
     def info(self) -> dict[str, Any]:

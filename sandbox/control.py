@@ -31,9 +31,7 @@ class ControlApp(ApiApp):
         self.add_route("DELETE", r"/faults", "faults.reset", self.reset_faults)
         self.add_route("POST", rf"/credentials/{api}/expire", "credentials.expire", self.expire)
         self.add_route("POST", rf"/credentials/{api}/restore", "credentials.restore", self.restore)
-        self.add_route(
-            "POST", r"/google_calendar/sync-tokens/invalidate", "sync_tokens.invalidate", self.invalidate
-        )
+        self.add_route("POST", r"/google_calendar/sync-tokens/invalidate", "sync_tokens.invalidate", self.invalidate)
         self.add_route("POST", r"/mutate", "mutate", self.mutate)
         self.add_route("POST", r"/release", "release", self.release)
         self.add_route("POST", r"/clock/advance", "clock.advance", self.advance_clock)
@@ -59,18 +57,12 @@ class ControlApp(ApiApp):
 
     def requests(self, request: Request) -> Response:
         since = int(request.arg("since", "0") or 0)
-        records = self.sandbox.log.records(
-            api=request.arg("api"), endpoint=request.arg("endpoint"), since_seq=since
-        )
-        return Response.json(
-            {"last_seq": self.sandbox.log.last_seq, "requests": [r.to_json() for r in records]}
-        )
+        records = self.sandbox.log.records(api=request.arg("api"), endpoint=request.arg("endpoint"), since_seq=since)
+        return Response.json({"last_seq": self.sandbox.log.last_seq, "requests": [r.to_json() for r in records]})
 
     def summary(self, request: Request) -> Response:
         since = int(request.arg("since", "0") or 0)
-        return Response.json(
-            {"last_seq": self.sandbox.log.last_seq, "summary": self.sandbox.log.summary(since)}
-        )
+        return Response.json({"last_seq": self.sandbox.log.last_seq, "summary": self.sandbox.log.summary(since)})
 
     def clear_requests(self, request: Request) -> Response:
         self.sandbox.log.clear()
@@ -99,9 +91,7 @@ class ControlApp(ApiApp):
     def restore(self, request: Request) -> Response:
         restore = getattr(self.sandbox.apps[request.params["api"]], "restore_credentials", None)
         if restore is None:
-            return self.bad_request(
-                request, "this API renews credentials by logging in again; nothing to restore"
-            )
+            return self.bad_request(request, "this API renews credentials by logging in again; nothing to restore")
         restore()
         return Response.empty()
 

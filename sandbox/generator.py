@@ -343,9 +343,7 @@ class _Generator:
             last = rng.choice(LAST_NAMES)
             is_head = i < heads
             is_pm = not is_head and i < heads + pm_count
-            title = (
-                "Head of Delivery" if is_head else ("Project Manager" if is_pm else rng.choice(STAFF_TITLES))
-            )
+            title = "Head of Delivery" if is_head else ("Project Manager" if is_pm else rng.choice(STAFF_TITLES))
             email = self._unique_email(f"{_ascii_slug(first)}.{_ascii_slug(last)}", INTERNAL_DOMAIN)
             user = User(
                 key=f"user-{i + 1:04d}",
@@ -409,9 +407,7 @@ class _Generator:
             first = rng.choice(FIRST_NAMES_INTL if intl else FIRST_NAMES)
             last = rng.choice(LAST_NAMES_INTL if intl and rng.random() < 0.5 else LAST_NAMES)
             local = f"{_ascii_slug(first) or 'contact'}.{_ascii_slug(last) or 'person'}"
-            domain = (
-                client.domains[1] if len(client.domains) > 1 and rng.random() < 0.3 else client.domains[0]
-            )
+            domain = client.domains[1] if len(client.domains) > 1 and rng.random() < 0.3 else client.domains[0]
             email = self._unique_email(local, domain)
             if rng.random() < 0.15:  # the CRM holds it in mixed case; invitations use lower case
                 local_part, domain_part = email.split("@")
@@ -612,9 +608,7 @@ class _Generator:
         pool = active + others
         while len(self.meetings) < client_target and pool:
             engagement = rng.choice(pool)
-            self.meetings.append(
-                self._one_off(engagement, users_by_key, contacts_by_key, roles_by_engagement)
-            )
+            self.meetings.append(self._one_off(engagement, users_by_key, contacts_by_key, roles_by_engagement))
         while len(self.meetings) < target:
             self.meetings.append(self._internal(users_by_key))
 
@@ -632,9 +626,7 @@ class _Generator:
             chosen.append(rng.choice(others))  # a client person without a role on this engagement
         return list({c.key: c for c in chosen}.values())
 
-    def _client_attendees(
-        self, engagement: Engagement, people: list[Contact], declined_share: float
-    ) -> list[Attendee]:
+    def _client_attendees(self, engagement: Engagement, people: list[Contact], declined_share: float) -> list[Attendee]:
         rng = self.rng
         attendees = []
         for contact in people:
@@ -690,9 +682,7 @@ class _Generator:
             s: s + timedelta(hours=rng.choice((-2, 1, 3)), days=rng.choice((0, 1)))
             for s in rng.sample(movable, k=min(len(movable), rng.randint(0, 2)))
         }
-        exdate = [
-            s for s in instance_starts[1:] if s not in cancelled and s not in moved and rng.random() < 0.03
-        ]
+        exdate = [s for s in instance_starts[1:] if s not in cancelled and s not in moved and rng.random() < 0.03]
         recurrence = [rule]
         if exdate:
             recurrence.append("EXDATE:" + ",".join(d.strftime("%Y%m%dT%H%M%SZ") for d in exdate))
@@ -729,9 +719,7 @@ class _Generator:
         start = self._slot(day, rng.randint(7, 16))
         created = min(self._between(start - timedelta(days=21), start), self.anchor - timedelta(hours=1))
         people = self._people(engagement, contacts_by_key, roles_by_engagement)
-        status: Literal["confirmed", "tentative", "cancelled"] = (
-            "cancelled" if rng.random() < 0.05 else "confirmed"
-        )
+        status: Literal["confirmed", "tentative", "cancelled"] = "cancelled" if rng.random() < 0.05 else "confirmed"
         return Meeting(
             key=f"meeting-{len(self.meetings) + 1:07d}",
             calendar_owner_key=owner.key,

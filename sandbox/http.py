@@ -112,9 +112,7 @@ class ApiApp:
         self.base_url = ""  # set by the sandbox once the server is bound; login/token answers use it
 
     # -- routing -------------------------------------------------------------------------------
-    def add_route(
-        self, method: str, pattern: str, name: str, handler: Handler, *, authenticated: bool = True
-    ) -> None:
+    def add_route(self, method: str, pattern: str, name: str, handler: Handler, *, authenticated: bool = True) -> None:
         self.routes.append(Route(method, re.compile(pattern + r"\Z"), name, handler, authenticated))
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
@@ -305,9 +303,7 @@ class ApiServer:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.name = f"sandbox-{self.app.api_name}"
         self._thread.start()
 

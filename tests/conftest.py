@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,7 @@ from sqlalchemy import create_engine, text
 
 from store import Store
 
-POSTGRES_URL = os.environ.get(
-    "ACCORD_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("ACCORD_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
 def _postgres_store() -> Iterator[Store]:
@@ -43,14 +41,32 @@ def _postgres_store() -> Iterator[Store]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'accord.sqlite'}")
-        s.create_all()
-        yield s
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Makes fresh, empty stores of one backend (SQLite file, or a PostgreSQL schema of its own)."""
+    cleanups: list[Iterator[Store]] = []
+    made: list[Store] = []
+
+    def make() -> Store:
+        if request.param == "sqlite":
+            s = Store(f"sqlite:///{tmp_path / f'accord-{len(made)}.sqlite'}")
+            s.create_all()
+        else:
+            generator = _postgres_store()
+            s = next(generator)
+            cleanups.append(generator)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
         s.dispose()
-    else:
-        yield from _postgres_store()
+    for generator in cleanups:
+        next(generator, None)
+
+
+@pytest.fixture
+def store(store_factory: Callable[[], Store]) -> Store:
+    return store_factory()
 
 
 @pytest.fixture(scope="session")

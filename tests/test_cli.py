@@ -74,14 +74,9 @@ def running() -> Iterator[Sandbox]:
 
 def test_sandbox_faults_requests_mutate_expire(running: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     control = ["--control", str(running.info()["control"])]
-    assert (
-        main(["sandbox", "faults", *control, "--api", "jira", "--rate-429", "0.25", "--retry-after", "2"])
-        == 0
-    )
+    assert main(["sandbox", "faults", *control, "--api", "jira", "--rate-429", "0.25", "--retry-after", "2"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert (
-        shown["jira"]["settings"]["rate_429"] == 0.25 and shown["salesforce"]["settings"]["rate_429"] == 0.0
-    )
+    assert shown["jira"]["settings"]["rate_429"] == 0.25 and shown["salesforce"]["settings"]["rate_429"] == 0.0
     assert running.apps["jira"].faults.settings.retry_after_s == 2
     assert main(["sandbox", "faults", *control, "--reset"]) == 0
     assert running.apps["jira"].faults.settings.rate_429 == 0.0

@@ -69,9 +69,7 @@ def _classify_http(exc: HttpError, what: str) -> ConnectorError:
     if status == 410 and "fullSyncRequired" in why:
         return FullSyncRequiredError(SOURCE, f"{what}: sync token no longer valid", status=410)
     if status in (403, 429) and (why & RATE_LIMIT_REASONS or status == 429):
-        return RateLimitedError(
-            SOURCE, f"{what}: throttled ({named})", status=status, retry_after=retry_after(exc)
-        )
+        return RateLimitedError(SOURCE, f"{what}: throttled ({named})", status=status, retry_after=retry_after(exc))
     if status == 403 and why & QUOTA_REASONS:
         return QuotaExhaustedError(SOURCE, f"{what}: Calendar API quota used up ({named})", status=403)
     if status in (401, 403):

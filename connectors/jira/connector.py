@@ -322,9 +322,7 @@ class JiraConnector:
             start += len(values)
             guard.check(start)
         if not keys:
-            raise ConfigError(
-                SOURCE, "no projects visible to the API user; check its Browse Projects permission"
-            )
+            raise ConfigError(SOURCE, "no projects visible to the API user; check its Browse Projects permission")
         return sorted(set(keys))
 
     # -- search ---------------------------------------------------------------------------------------------
@@ -433,9 +431,7 @@ class JiraConnector:
         if unit.stream != STREAM:
             raise ConfigError(SOURCE, f"unknown stream {unit.stream!r}; the Jira connector reads {STREAM!r}")
         lookback = timedelta(seconds=self.mapping.jira.lookback_seconds)
-        window = (
-            Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
-        )
+        window = Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
         groups = self._known_groups()
         first = groups[0] if groups else []
         batches = self._read_full(first) if window.full else self._read_incremental(window, first)

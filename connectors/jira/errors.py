@@ -38,19 +38,13 @@ def _classify_http(exc: JIRAError, what: str) -> ConnectorError:
     status = int(exc.status_code or 0)
     text = exc.text or ""
     if status == 401:
-        return AuthError(
-            SOURCE, f"{what}: not authenticated (401); check the Jira email and API token", status=401
-        )
+        return AuthError(SOURCE, f"{what}: not authenticated (401); check the Jira email and API token", status=401)
     if status == 403:
         return AuthError(SOURCE, f"{what}: permission denied (403) for the API user", status=403)
     if status == 429:
-        return RateLimitedError(
-            SOURCE, f"{what}: rate limited (429)", status=429, retry_after=retry_after(exc)
-        )
+        return RateLimitedError(SOURCE, f"{what}: rate limited (429)", status=429, retry_after=retry_after(exc))
     if status in TRANSIENT_STATUSES or status >= 500:
-        return TransientError(
-            SOURCE, f"{what}: server error ({status})", status=status, retry_after=retry_after(exc)
-        )
+        return TransientError(SOURCE, f"{what}: server error ({status})", status=status, retry_after=retry_after(exc))
     if status == 400 and "page token" in text:
         return PermanentError(
             SOURCE,
@@ -67,9 +61,7 @@ def _classify_http(exc: JIRAError, what: str) -> ConnectorError:
         )
     if status == 410:
         return ConfigError(SOURCE, f"{what}: Jira answered 410 Gone: this API was removed", status=410)
-    return PermanentError(
-        SOURCE, f"{what}: Jira answered HTTP {status or 'without a status'}", status=status or None
-    )
+    return PermanentError(SOURCE, f"{what}: Jira answered HTTP {status or 'without a status'}", status=status or None)
 
 
 def classify(exc: BaseException, what: str) -> ConnectorError:
@@ -80,9 +72,7 @@ def classify(exc: BaseException, what: str) -> ConnectorError:
         return _classify_http(exc, what)
     if isinstance(exc, requests.exceptions.SSLError):
         return ConfigError(SOURCE, f"{what}: TLS verification failed; check the server URL and ca_cert")
-    if isinstance(
-        exc, requests.Timeout | requests.ConnectionError | requests.exceptions.ChunkedEncodingError
-    ):
+    if isinstance(exc, requests.Timeout | requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return TransientError(SOURCE, f"{what}: {type(exc).__name__} talking to Jira")
     if isinstance(exc, json.JSONDecodeError | requests.exceptions.JSONDecodeError):
         return TransientError(SOURCE, f"{what}: unreadable response")

@@ -60,7 +60,7 @@ log = logging.getLogger("accord.connectors.jira.writer")
 STATUS_COMMENT = "jira_status_comment"
 MARKER_PREFIX = "— posted by Accord · ref "
 COMMENT_PAGE = 50  # comments per page of the marker scan, newest first
-STATUS_LOOKBACK = 10000  # the scan passes at most this many status comments of other keys
+STATUS_LOOKBACK = 5  # the scan passes at most this many status comments of other keys
 # Jira Cloud caps a comment at 32,767 characters ("jira.text.field.character.limit"); the text is
 # cut well below that so the marker line and, on v3, the document's structure always fit.
 MAX_TEXT_CHARS = 30_000

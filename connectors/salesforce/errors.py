@@ -60,9 +60,7 @@ def classify(exc: BaseException, what: str) -> ConnectorError:
     if isinstance(exc, sfe.SalesforceRefusedRequest):
         code, message = _first_error(exc.content)
         if code == "REQUEST_LIMIT_EXCEEDED" and "TotalRequests" in message:
-            return QuotaExhaustedError(
-                SOURCE, f"{what}: the org's daily API request limit is used up", status=403
-            )
+            return QuotaExhaustedError(SOURCE, f"{what}: the org's daily API request limit is used up", status=403)
         if code == "REQUEST_LIMIT_EXCEEDED":
             return RateLimitedError(SOURCE, f"{what}: throttled ({message or code})", status=403)
         return AuthError(SOURCE, f"{what}: refused ({code or 403}): {message}", status=403)
@@ -86,9 +84,7 @@ def classify(exc: BaseException, what: str) -> ConnectorError:
         if status >= 500 or status in (408, 429):
             return TransientError(SOURCE, f"{what}: server error {status} {code}".strip(), status=status)
         return PermanentError(SOURCE, f"{what}: HTTP {status} {code}: {message}", status=status)
-    if isinstance(
-        exc, requests.Timeout | requests.ConnectionError | requests.exceptions.ChunkedEncodingError
-    ):
+    if isinstance(exc, requests.Timeout | requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return TransientError(SOURCE, f"{what}: {type(exc).__name__} talking to Salesforce")
     if isinstance(exc, ValueError) and "JSON" in str(exc):
         return TransientError(SOURCE, f"{what}: unreadable response")

@@ -120,9 +120,7 @@ class CalendarApp(ApiApp):
         self._tokens: dict[str, datetime] = {credentials.token: _NO_EXPIRY}
         self._batch_parts: Counter[str] = Counter()
         self.add_route("POST", r"/token", "token", self._token, authenticated=False)
-        self.add_route(
-            "GET", V3 + r"/users/me/calendarList", "calendarList.list", self._api(self._calendar_list)
-        )
+        self.add_route("GET", V3 + r"/users/me/calendarList", "calendarList.list", self._api(self._calendar_list))
         self.add_route(
             "GET",
             V3 + r"/users/me/calendarList/(?P<calendarId>[^/]+)",
@@ -183,9 +181,7 @@ class CalendarApp(ApiApp):
         challenge = 'Bearer realm="https://accounts.google.com/"'
         if not missing:
             challenge += ', error="invalid_token"'
-        return Response.json(
-            errors.unauthenticated_body(missing=missing), 401, {"WWW-Authenticate": challenge}
-        )
+        return Response.json(errors.unauthenticated_body(missing=missing), 401, {"WWW-Authenticate": challenge})
 
     def expire_credentials(self) -> None:
         """Every access token issued so far stops working; the refresh token keeps working."""
@@ -196,9 +192,7 @@ class CalendarApp(ApiApp):
         """OAuth 2.0 refresh-token grant, as google.oauth2.credentials.Credentials.refresh() sends it."""
         form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items() if v}
         if form.get("grant_type") != "refresh_token":
-            return Response.json(
-                {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}, 400
-            )
+            return Response.json({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}, 400)
         creds = self.credentials
         if not (
             secrets.compare_digest(form.get("client_id", ""), creds.client_id)
@@ -210,9 +204,7 @@ class CalendarApp(ApiApp):
         token = "ya29." + secrets.token_urlsafe(40)
         now = self.clock.now()
         with self._auth_lock:
-            for stale in [
-                t for t, expiry in self._tokens.items() if expiry is not _NO_EXPIRY and expiry <= now
-            ]:
+            for stale in [t for t, expiry in self._tokens.items() if expiry is not _NO_EXPIRY and expiry <= now]:
                 del self._tokens[stale]
             self._tokens[token] = now + self.access_token_lifetime
         return Response.json(
@@ -315,14 +307,10 @@ class CalendarApp(ApiApp):
         return self.store.insert_event(request.params["calendarId"], self._body(request))
 
     def _patch(self, request: Request) -> Any:
-        return self.store.patch_event(
-            request.params["calendarId"], request.params["eventId"], self._body(request)
-        )
+        return self.store.patch_event(request.params["calendarId"], request.params["eventId"], self._body(request))
 
     def _update(self, request: Request) -> Any:
-        return self.store.update_event(
-            request.params["calendarId"], request.params["eventId"], self._body(request)
-        )
+        return self.store.update_event(request.params["calendarId"], request.params["eventId"], self._body(request))
 
     def _delete(self, request: Request) -> Any:
         self.store.delete_event(request.params["calendarId"], request.params["eventId"])

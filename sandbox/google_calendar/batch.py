@@ -93,6 +93,4 @@ def render_batch(answers: list[tuple[str | None, Response]]) -> Response:
         chunks.append(answer.body.decode("utf-8"))
         chunks.append("\r\n")
     chunks.append(f"--{boundary}--\r\n")
-    return Response(
-        200, "".join(chunks).encode("utf-8"), {"Content-Type": f"multipart/mixed; boundary={boundary}"}
-    )
+    return Response(200, "".join(chunks).encode("utf-8"), {"Content-Type": f"multipart/mixed; boundary={boundary}"})

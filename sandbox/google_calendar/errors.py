@@ -66,9 +66,7 @@ def bad_request(message: str = "Bad Request") -> CalendarError:
 
 
 def invalid(message: str, *, location: str | None = None) -> CalendarError:
-    return CalendarError(
-        400, "invalid", message, location=location, location_type="parameter" if location else None
-    )
+    return CalendarError(400, "invalid", message, location=location, location_type="parameter" if location else None)
 
 
 def required(message: str, *, location: str | None = None) -> CalendarError:
@@ -178,9 +176,7 @@ def rate_limited(*, status: int = 429) -> dict[str, Any]:
         "error": {
             "code": 429,
             "message": "Rate Limit Exceeded",
-            "errors": [
-                {"message": "Rate Limit Exceeded", "domain": "usageLimits", "reason": "rateLimitExceeded"}
-            ],
+            "errors": [{"message": "Rate Limit Exceeded", "domain": "usageLimits", "reason": "rateLimitExceeded"}],
             "status": "RESOURCE_EXHAUSTED",
         }
     }

@@ -37,9 +37,7 @@ class Recurrence:
     in it, all-day occurrences are naive midnights of local dates.
     """
 
-    def __init__(
-        self, lines: Sequence[str], dtstart: datetime | date, where: tzinfo, *, all_day: bool
-    ) -> None:
+    def __init__(self, lines: Sequence[str], dtstart: datetime | date, where: tzinfo, *, all_day: bool) -> None:
         self.all_day = all_day
         self.where = where
         if all_day:
@@ -184,9 +182,7 @@ class Recurrence:
                 return
             yield start
 
-    def first_overlapping(
-        self, after: datetime | None, before: datetime, duration: timedelta
-    ) -> datetime | None:
+    def first_overlapping(self, after: datetime | None, before: datetime, duration: timedelta) -> datetime | None:
         return next(self.occurrences(after, before, duration), None)
 
     def contains(self, start: datetime) -> bool:

@@ -503,9 +503,7 @@ class CalendarStore:
         out["items"] = [self._render_item(calendar, item, where, cursor.max_attendees) for item in chunk]
         return out
 
-    def _render_item(
-        self, calendar: CalendarRecord, item: _Item, where: tzinfo, max_attendees: int | None
-    ) -> JSON:
+    def _render_item(self, calendar: CalendarRecord, item: _Item, where: tzinfo, max_attendees: int | None) -> JSON:
         record = item.record
         if item.occurrence is not None:
             times = self._occurrence_times(calendar, record, item.occurrence)
@@ -897,9 +895,7 @@ class CalendarStore:
             if recurrence and not start.all_day and start.zone_name is None:
                 raise errors.required("Missing time zone definition for start time.")
             if "attendees" in fields and fields["attendees"] is not None:
-                fields["attendees"] = self._attendees(
-                    fields["attendees"], calendar, fields.get("organizer") or {}
-                )
+                fields["attendees"] = self._attendees(fields["attendees"], calendar, fields.get("organizer") or {})
             candidate = replace(record, start=start, end=end, recurrence=recurrence, rules=None)
             if recurrence:
                 self._check_rules(calendar, candidate)
@@ -1066,9 +1062,7 @@ class CalendarStore:
             for scope in props.values():
                 if scope is not None and (
                     not isinstance(scope, dict)
-                    or not all(
-                        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in scope.items()
-                    )
+                    or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in scope.items())
                 ):
                     raise errors.invalid("Invalid extendedProperties value.")
         return fields
@@ -1253,9 +1247,7 @@ class CalendarStore:
                 if master is None:
                     return False
                 rules = self._rules(calendar, master)
-                if f"{master.id}_{rules.suffix(occurrence)}" in calendar.events or not rules.contains(
-                    occurrence
-                ):
+                if f"{master.id}_{rules.suffix(occurrence)}" in calendar.events or not rules.contains(occurrence):
                     return False
                 record = self._exception_from(calendar, master, occurrence, when)
                 record.start, record.end = record.start.shifted(delta), record.end.shifted(delta)

@@ -39,9 +39,7 @@ BLOCK_NODES = frozenset(
     }
 )
 INLINE_NODES = frozenset({"text", "hardBreak", "mention", "emoji", "inlineCard", "status", "date"})
-MARKS = frozenset(
-    {"strong", "em", "code", "strike", "underline", "link", "subsup", "textColor", "backgroundColor"}
-)
+MARKS = frozenset({"strong", "em", "code", "strike", "underline", "link", "subsup", "textColor", "backgroundColor"})
 _BLOCK_SEPARATED = frozenset({"paragraph", "heading", "codeBlock", "blockquote", "panel", "rule"})
 
 

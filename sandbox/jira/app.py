@@ -125,14 +125,10 @@ class JiraApp(ApiApp):
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic" and not self.revoked:
             try:
-                email, _, token = (
-                    base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-                )
+                email, _, token = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 email, token = "", ""
-            email_ok = hmac.compare_digest(
-                email.casefold().encode(), self.credentials.email.casefold().encode()
-            )
+            email_ok = hmac.compare_digest(email.casefold().encode(), self.credentials.email.casefold().encode())
             token_ok = hmac.compare_digest(token.encode(), self.credentials.api_token.encode())
             if email_ok and token_ok:
                 return None
@@ -214,9 +210,7 @@ class JiraApp(ApiApp):
         try:
             value = int(raw)
         except ValueError:
-            raise _fail(
-                400, [f"The value '{raw}' of the parameter '{name}' is not a valid number."]
-            ) from None
+            raise _fail(400, [f"The value '{raw}' of the parameter '{name}' is not a valid number."]) from None
         return max(low, min(high, value))
 
     # -- site ----------------------------------------------------------------------------------------
@@ -325,9 +319,7 @@ class JiraApp(ApiApp):
                 project = self.store.get_project(request.params["project"])
             except StoreError as exc:
                 return jira_error(exc.status, exc.messages)
-            return Response.json(
-                self.renderer(request).project(project, split_list(request.arg("expand")), full=True)
-            )
+            return Response.json(self.renderer(request).project(project, split_list(request.arg("expand")), full=True))
 
     # -- search --------------------------------------------------------------------------------------
     def search_removed(self, request: Request) -> Response:
@@ -346,9 +338,7 @@ class JiraApp(ApiApp):
             reconcile_raw = body.get("reconcileIssues") or []
             max_raw = body.get("maxResults")
             token = body.get("nextPageToken")
-            if not isinstance(reconcile_raw, list) or (
-                fields is not None and not isinstance(fields, list | str)
-            ):
+            if not isinstance(reconcile_raw, list) or (fields is not None and not isinstance(fields, list | str)):
                 raise _fail(400, [BODY_INVALID])
             if (jql_text is not None and not isinstance(jql_text, str)) or (
                 token is not None and not isinstance(token, str)
@@ -485,19 +475,13 @@ class JiraApp(ApiApp):
             for comment in comments:
                 self.store.add_comment(version.id, comment)
             api = f"{self.base_url}/rest/api/{v}"
-            return Response.json(
-                {"id": str(version.id), "key": version.key, "self": f"{api}/issue/{version.id}"}, 201
-            )
+            return Response.json({"id": str(version.id), "key": version.key, "self": f"{api}/issue/{version.id}"}, 201)
 
     def _create_comments(self, update: Any, v: str, errors: dict[str, str]) -> list[Any]:
         """Comments of ``update.comment[].add`` on create, the only update verb create takes here."""
         if update is None:
             return []
-        if (
-            not isinstance(update, dict)
-            or set(update) - {"comment"}
-            or not isinstance(update.get("comment", []), list)
-        ):
+        if not isinstance(update, dict) or set(update) - {"comment"} or not isinstance(update.get("comment", []), list):
             errors["update"] = "Only comment additions are supported when creating an issue."
             return []
         comments = []
@@ -527,9 +511,7 @@ class JiraApp(ApiApp):
             self._apply_updates(update, v, version, parsed, errors, comments)
             if not errors and "parent_id" in parsed:
                 project = self.store.projects[version.project_id]
-                self._check_parent(
-                    parsed["parent_id"], parsed.get("issue_type", version.issue_type), project, errors
-                )
+                self._check_parent(parsed["parent_id"], parsed.get("issue_type", version.issue_type), project, errors)
             if errors:
                 return jira_error(400, [], errors)
             changes = {k: v for k, v in parsed.items() if getattr(version, k) != v}
@@ -696,9 +678,7 @@ class JiraApp(ApiApp):
                 errors[name] = CANNOT_SET.format(name)
         return parsed, errors
 
-    def _check_parent(
-        self, parent_id: int | None, issue_type: str, project: Project, errors: dict[str, str]
-    ) -> None:
+    def _check_parent(self, parent_id: int | None, issue_type: str, project: Project, errors: dict[str, str]) -> None:
         if parent_id is None:
             return
         parent = self.store.issues[parent_id]
@@ -757,9 +737,7 @@ class JiraApp(ApiApp):
         v = self.version(request)
         with self.store.lock:
             version = self._issue(request, write=True)
-            target = next(
-                (t for t in TRANSITIONS[version.status] if TRANSITION_IDS[t] == transition_id), None
-            )
+            target = next((t for t in TRANSITIONS[version.status] if TRANSITION_IDS[t] == transition_id), None)
             if target is None:
                 return jira_error(400, [f"Transition id '{transition_id}' is not valid for this issue."])
             parsed, errors = self._parse_fields(fields, v, current=version)
@@ -855,8 +833,7 @@ class JiraApp(ApiApp):
             return Response.json(
                 {
                     "keys": [
-                        {"self": f"{r.api}/issue/{version.id}/properties/{quote(k, safe='')}", "key": k}
-                        for k in keys
+                        {"self": f"{r.api}/issue/{version.id}/properties/{quote(k, safe='')}", "key": k} for k in keys
                     ]
                 }
             )
@@ -880,9 +857,7 @@ class JiraApp(ApiApp):
         except (UnicodeDecodeError, ValueError):
             return jira_error(400, ["The property value must be a valid, non-empty JSON."])
         if len(text) > MAX_PROPERTY_VALUE:
-            return jira_error(
-                400, [f"The property value is too long. The maximum length is {MAX_PROPERTY_VALUE}."]
-            )
+            return jira_error(400, [f"The property value is too long. The maximum length is {MAX_PROPERTY_VALUE}."])
         with self.store.lock:
             version = self._issue(request, write=True)
             created = self.store.set_property(version.id, key, value)

@@ -62,9 +62,7 @@ def _syntax(message: str, pos: int | None = None) -> JqlError:
 
 # -- tokens ------------------------------------------------------------------------------------------
 
-RESERVED = frozenset(
-    {"and", "or", "not", "in", "is", "empty", "null", "order", "by", "asc", "desc", "was", "changed"}
-)
+RESERVED = frozenset({"and", "or", "not", "in", "is", "empty", "null", "order", "by", "asc", "desc", "was", "changed"})
 _OPERATORS = ("!=", "<=", ">=", "!~", "&&", "||", "=", "<", ">", "~", "!", "&", "|")
 _WORD_STOP = frozenset(" \t\r\n\"'(),=!<>~&|")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\", " ": " "}
@@ -108,9 +106,7 @@ def tokenize(text: str) -> list[Token]:
                         i += 6
                         continue
                     if nxt not in _ESCAPES:
-                        raise _syntax(
-                            f"The escape sequence '\\{nxt}' in the quoted string is illegal.", i + 1
-                        )
+                        raise _syntax(f"The escape sequence '\\{nxt}' in the quoted string is illegal.", i + 1)
                     chars.append(_ESCAPES[nxt])
                     i += 2
                     continue
@@ -568,9 +564,7 @@ class _Compiler:
         if field is None:
             raise JqlError(f"Field '{name}' does not exist or you do not have permission to view it.")
         if clause.operator not in ALLOWED_OPERATORS[field]:
-            raise JqlError(
-                f"The operator '{clause.operator.upper()}' is not supported by the '{name}' field."
-            )
+            raise JqlError(f"The operator '{clause.operator.upper()}' is not supported by the '{name}' field.")
         op = INVERSE[clause.operator] if negated else clause.operator
         if op in ("=", "!=") and isinstance(clause.operands[0], Empty):
             op = "is" if op == "=" else "is not"
@@ -659,9 +653,7 @@ class _Compiler:
             return (lambda v: v.story_points), self.resolver(name, number, invalid="number"), lambda x: x
         raise JqlError(f"Field '{name}' does not exist or you do not have permission to view it.")
 
-    def resolver(
-        self, name: str, lookup: Callable[[str], Any], invalid: str = "value"
-    ) -> Callable[[Operand], Any]:
+    def resolver(self, name: str, lookup: Callable[[str], Any], invalid: str = "value") -> Callable[[Operand], Any]:
         def resolve(operand: Operand) -> Any:
             if isinstance(operand, Function):
                 raise JqlError(
@@ -738,9 +730,7 @@ class _Compiler:
         if op in ("is", "=", "in"):
             if op == "is":
                 return lambda v: not v.labels
-            return lambda v: (
-                (not v.labels and include_empty) or any(label.casefold() in wanted for label in v.labels)
-            )
+            return lambda v: (not v.labels and include_empty) or any(label.casefold() in wanted for label in v.labels)
         if op == "is not":
             return lambda v: bool(v.labels)
         return lambda v: bool(v.labels) and not any(label.casefold() in wanted for label in v.labels)
@@ -764,8 +754,7 @@ class _Compiler:
         if op in ("is", "is not"):
             return _equality(getter, op, frozenset(), True)
         values = [
-            _MISSING if isinstance(operand, Empty) else self.date_operand(operand, name)
-            for operand in clause.operands
+            _MISSING if isinstance(operand, Empty) else self.date_operand(operand, name) for operand in clause.operands
         ]
         if op in _RANGE:
             bound = values[0]
@@ -825,9 +814,7 @@ class _Compiler:
         if function.args:
             inc = re.fullmatch(r"([-+]?)(\d+)([ywdhmM]?)", function.args[0].strip())
             if inc is None or len(function.args) > 1:
-                raise JqlError(
-                    f"Invalid increment '{','.join(function.args)}' for function '{function.name}'."
-                )
+                raise JqlError(f"Invalid increment '{','.join(function.args)}' for function '{function.name}'.")
             amount = int(inc.group(2)) * (-1 if inc.group(1) == "-" else 1)
             inc_unit = inc.group(3) or {"day": "d", "week": "w", "month": "M", "year": "y"}[unit]
             if inc_unit in ("M", "y"):

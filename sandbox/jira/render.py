@@ -63,12 +63,8 @@ FIELDS: tuple[FieldInfo, ...] = (
     FieldInfo("labels", "Labels", ("labels",), _system("array", "labels", items="string")),
     FieldInfo("priority", "Priority", ("priority",), _system("priority", "priority")),
     FieldInfo("duedate", "Due date", ("due", "duedate"), _system("date", "duedate")),
-    FieldInfo(
-        "created", "Created", ("created", "createdDate"), _system("datetime", "created"), orderable=False
-    ),
-    FieldInfo(
-        "updated", "Updated", ("updated", "updatedDate"), _system("datetime", "updated"), orderable=False
-    ),
+    FieldInfo("created", "Created", ("created", "createdDate"), _system("datetime", "created"), orderable=False),
+    FieldInfo("updated", "Updated", ("updated", "updatedDate"), _system("datetime", "updated"), orderable=False),
     FieldInfo(
         "resolutiondate",
         "Resolved",

@@ -88,9 +88,7 @@ _MUTATIONS: tuple[tuple[str, int], ...] = (
 class StoreError(Exception):
     """A request the store refuses: ``status`` and Jira's ``errorMessages`` / ``errors``."""
 
-    def __init__(
-        self, status: int, messages: Iterable[str] = (), errors: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, messages: Iterable[str] = (), errors: dict[str, str] | None = None) -> None:
         self.status = status
         self.messages = list(messages)
         self.errors = dict(errors or {})
@@ -157,9 +155,7 @@ class JiraStore:
             # Atlassian privacy: a deterministic ~10% of people hide their email address.
             visible = zlib.crc32(account.encode()) % 10 != 0
             store._add_user(
-                JiraUser(
-                    account, f"{user.first_name} {user.last_name}", user.email, visible, True, user.timezone
-                )
+                JiraUser(account, f"{user.first_name} {user.last_name}", user.email, visible, True, user.timezone)
             )
         for engagement in world.engagements:
             key = engagement.jira_project_key
@@ -176,9 +172,7 @@ class JiraStore:
             store.project_ids_by_name.setdefault(project.name.casefold(), project.id)
             store.project_issue_ids[project.id] = []
         first_id = store._next_issue_id
-        epic_ids = {
-            issue.key: first_id + n for n, issue in enumerate(world.issues) if issue.issue_type == "Epic"
-        }
+        epic_ids = {issue.key: first_id + n for n, issue in enumerate(world.issues) if issue.issue_type == "Epic"}
         store._next_issue_id = first_id + len(world.issues)
         for n, issue in enumerate(world.issues):
             project_id = store.project_ids_by_key.get(issue.project_key)
@@ -311,11 +305,7 @@ class JiraStore:
         path = _DERIVED_PATHS[version.status]
         if not path:
             return ()
-        end = (
-            version.resolution_date
-            if version.status == "Done" and version.resolution_date
-            else version.updated
-        )
+        end = version.resolution_date if version.status == "Done" and version.resolution_date else version.updated
         span = end - version.created
         author = version.assignee or version.reporter
         histories: list[History] = []
@@ -358,9 +348,7 @@ class JiraStore:
     def search_cutoff(self) -> datetime:
         return self.now() - timedelta(seconds=self.search_lag_seconds)
 
-    def search(
-        self, text: str, reconcile: frozenset[int] = frozenset(), *, bounded: bool = True
-    ) -> list[int]:
+    def search(self, text: str, reconcile: frozenset[int] = frozenset(), *, bounded: bool = True) -> list[int]:
         """Ids of the issues the index matches for JQL ``text``, in the query's order."""
         with self.lock:
             compiled = jql.compile_query(text, self.environment())
@@ -408,12 +396,7 @@ class JiraStore:
             except (ValueError, UnicodeDecodeError, binascii.Error):
                 raise StoreError(400, [STALE_PAGE_MESSAGE]) from None
             result = self._results.get(handle)
-            if (
-                salt != self._token_salt
-                or result is None
-                or result.jql != text
-                or not 0 < offset <= len(result.ids)
-            ):
+            if salt != self._token_salt or result is None or result.jql != text or not 0 < offset <= len(result.ids):
                 raise StoreError(400, [STALE_PAGE_MESSAGE])
             self._results.move_to_end(handle)
             return result, offset
@@ -541,9 +524,7 @@ class JiraStore:
             history=(),
         )
 
-    def edit_issue(
-        self, issue_id: int, changes: dict[str, Any], *, author: str | None = None
-    ) -> IssueVersion:
+    def edit_issue(self, issue_id: int, changes: dict[str, Any], *, author: str | None = None) -> IssueVersion:
         """Apply field changes (attribute name -> new value), recording changelog items."""
         with self.lock:
             self._settle(issue_id)
@@ -591,15 +572,11 @@ class JiraStore:
                 f"{value} 00:00:00.0" if value else None,
             )
         if name == "priority":
-            return ChangeItem(
-                "priority", "jira", "priority", PRIORITIES[before], before, PRIORITIES[value], value
-            )
+            return ChangeItem("priority", "jira", "priority", PRIORITIES[before], before, PRIORITIES[value], value)
         if name == "summary":
             return ChangeItem("summary", "jira", "summary", None, before, None, value)
         if name == "description":
-            return ChangeItem(
-                "description", "jira", "description", None, as_text(before), None, as_text(value)
-            )
+            return ChangeItem("description", "jira", "description", None, as_text(before), None, as_text(value))
         if name == "parent_id":
             return ChangeItem(
                 "IssueParentAssociation",
@@ -764,9 +741,7 @@ class JiraStore:
         items = [item for name, value in changes.items() if (item := self._change_item(old, name, value))]
         if "status" in changes and (changes["status"] == "Done") != (old.status == "Done"):
             items.append(_resolution_item(resolved=changes["status"] == "Done"))
-        new = dataclasses.replace(
-            old, **changes, updated=stamp, history=self._history(old, author, stamp, items)
-        )
+        new = dataclasses.replace(old, **changes, updated=stamp, history=self._history(old, author, stamp, items))
         return new, Change("jira", "update", "issue", str(old.id), stamp, detail=detail)
 
     def _mutate_create(self, rng: random.Random, stamp: datetime) -> tuple[IssueVersion, Change] | None:
@@ -782,11 +757,7 @@ class JiraStore:
         parent_id = rng.choice(epics) if epics and rng.random() < 0.7 else None
         people = sorted(a for a in self.users if a != self.bot.account_id)
         assignee = rng.choice(people) if people and rng.random() < 0.85 else None
-        due = (
-            stamp.astimezone(self.zone).date() + timedelta(days=rng.randint(3, 40))
-            if rng.random() < 0.5
-            else None
-        )
+        due = stamp.astimezone(self.zone).date() + timedelta(days=rng.randint(3, 40)) if rng.random() < 0.5 else None
         version = self._new_issue(
             project,
             issue_type,

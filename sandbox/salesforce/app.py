@@ -41,9 +41,7 @@ LOWEST_VERSION, HIGHEST_VERSION = 20, 66
 _SEASONS = ("Winter", "Spring", "Summer")  # v59.0 is Winter '24, three releases a year
 _ROLLED_BACK = {
     "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-    "message": (
-        "Record rolled back because not all records were valid and the request was using AllOrNone header"
-    ),
+    "message": ("Record rolled back because not all records were valid and the request was using AllOrNone header"),
     "fields": [],
 }
 
@@ -250,13 +248,9 @@ class SalesforceApp(ApiApp):
         """A login endpoint's own "try again later": an OAuth error or a SOAP fault, not a data error list."""
         if request.path.startswith("/services/oauth2/"):
             description = "the service is temporarily unavailable, please try again later"
-            return Response.json(
-                {"error": "temporarily_unavailable", "error_description": description}, status
-            )
+            return Response.json({"error": "temporarily_unavailable", "error_description": description}, status)
         if request.path.startswith("/services/Soap/"):
-            return _soap_fault(
-                "SERVER_UNAVAILABLE", "Server temporarily unavailable, please try again later."
-            )
+            return _soap_fault("SERVER_UNAVAILABLE", "Server temporarily unavailable, please try again later.")
         return None
 
     def rate_limited(self, request: Request, retry_after_s: int) -> Response:
@@ -302,9 +296,7 @@ class SalesforceApp(ApiApp):
     def _body_object(self, request: Request) -> dict[str, Any]:
         body = self._body(request)
         if not isinstance(body, dict):
-            raise fail(
-                400, "JSON_PARSER_ERROR", "Cannot deserialize instance of SObject from START_ARRAY value"
-            )
+            raise fail(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of SObject from START_ARRAY value")
         return body
 
     @staticmethod
@@ -316,9 +308,7 @@ class SalesforceApp(ApiApp):
         obj = self.store.schema.object_for_id(record["Id"])
         assert obj is not None  # stored records always have a known prefix
         names = fields if fields is not None else list(obj.fields)
-        out: dict[str, Any] = {
-            "attributes": {"type": obj.name, "url": self._url(version, obj.name, record["Id"])}
-        }
+        out: dict[str, Any] = {"attributes": {"type": obj.name, "url": self._url(version, obj.name, record["Id"])}}
         for name in names:
             out[name] = to_json(record.get(name))
         return out
@@ -349,17 +339,13 @@ class SalesforceApp(ApiApp):
             # Expat (>= 2.4.1) bounds entity expansion and ElementTree resolves no external entities.
             root = ElementTree.fromstring(request.body)  # noqa: S314 (see the line above)
         except ElementTree.ParseError:
-            return _soap_fault(
-                "INVALID_LOGIN", "Invalid username, password, security token; or user locked out."
-            )
+            return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
         username = root.findtext(".//{*}username") or ""
         password = root.findtext(".//{*}password") or ""
         creds = self.credentials
         expected = creds.password + creds.security_token
         if username.lower() != creds.username.lower() or not hmac.compare_digest(password, expected):
-            return _soap_fault(
-                "INVALID_LOGIN", "Invalid username, password, security token; or user locked out."
-            )
+            return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
         token = self._new_session()
         base = self._base_url(request)
         org15 = self.store.schema.org_id[:15]
@@ -499,9 +485,7 @@ class SalesforceApp(ApiApp):
             result = self.store.updated(name, start, end)
         except RecordError as exc:
             raise self._record_error(exc) from None
-        return Response.json(
-            {"ids": result.ids, "latestDateCovered": format_datetime(result.latest_date_covered)}
-        )
+        return Response.json({"ids": result.ids, "latestDateCovered": format_datetime(result.latest_date_covered)})
 
     def get_deleted(self, request: Request) -> Response:
         name = self._object_name(request)
@@ -513,8 +497,7 @@ class SalesforceApp(ApiApp):
         return Response.json(
             {
                 "deletedRecords": [
-                    {"id": record_id, "deletedDate": format_datetime(moment)}
-                    for record_id, moment in result.records
+                    {"id": record_id, "deletedDate": format_datetime(moment)} for record_id, moment in result.records
                 ],
                 "earliestDateAvailable": format_datetime(result.earliest_date_available),
                 "latestDateCovered": format_datetime(result.latest_date_covered),
@@ -587,9 +570,7 @@ class SalesforceApp(ApiApp):
             raise fail(404, "NOT_FOUND", "The requested resource does not exist")
         if len(matches) > 1:
             raise ApiError(self._ambiguous(version, self._object_name(request), [r["Id"] for r in matches]))
-        return Response.json(
-            self._render(matches[0], version, self._fields_param(request, self._object_name(request)))
-        )
+        return Response.json(self._render(matches[0], version, self._fields_param(request, self._object_name(request))))
 
     def delete_by_external_id(self, request: Request) -> Response:
         matches = self._matches(request)
@@ -714,25 +695,19 @@ class SalesforceApp(ApiApp):
             return str(value) if value else None
         return None
 
-    def _save_all(
-        self, items: list[Any], all_or_none: bool, save: Callable[[Any], dict[str, Any]]
-    ) -> Response:
+    def _save_all(self, items: list[Any], all_or_none: bool, save: Callable[[Any], dict[str, Any]]) -> Response:
         """Run ``save(item) -> result`` per item; with all-or-none, undo everything when one fails."""
         results: list[dict[str, Any]] = []
         with self.store.journal() as journal:
             for item in items:
-                given_id = (
-                    item if isinstance(item, str) else item.get("Id") if isinstance(item, dict) else None
-                )
+                given_id = item if isinstance(item, str) else item.get("Id") if isinstance(item, dict) else None
                 try:
                     results.append(save(item))
                 except RecordError as exc:
                     results.append(_failure(exc, given_id))
             if all_or_none and any(not r["success"] for r in results):
                 self.store.rollback(journal)
-                results = [
-                    r if not r["success"] else _rolled_back(r, items[i]) for i, r in enumerate(results)
-                ]
+                results = [r if not r["success"] else _rolled_back(r, items[i]) for i, r in enumerate(results)]
         return Response.json(results)
 
     def collection_create(self, request: Request) -> Response:
@@ -790,9 +765,7 @@ class SalesforceApp(ApiApp):
         name = self._object_name(request)
         record_ids = [i.strip() for i in (request.arg("ids") or "").split(",") if i.strip()]
         if len(record_ids) > 2000:
-            raise fail(
-                400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot retrieve more than 2000 records"
-            )
+            raise fail(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot retrieve more than 2000 records")
         fields = self._fields_param(request, name)
         if fields is None:
             raise fail(400, "MISSING_ARGUMENT", "fields parameter is required")
@@ -832,8 +805,7 @@ class SalesforceApp(ApiApp):
             except AmbiguousExternalId as exc:
                 raise RecordError(
                     "DUPLICATE_EXTERNAL_ID",
-                    f"{external.name}: more than one record found for external id field: "
-                    f"[{', '.join(exc.record_ids)}]",
+                    f"{external.name}: more than one record found for external id field: [{', '.join(exc.record_ids)}]",
                     (external.name,),
                 ) from None
             return {"id": record_id, "success": True, "errors": [], "created": created}
@@ -911,9 +883,7 @@ class SalesforceApp(ApiApp):
         max_records = int(raw_max) if raw_max else DEFAULT_MAX_RECORDS
         try:
             with self.store.lock:
-                text, locator, count = self.jobs.results(
-                    request.params["job"], request.arg("locator"), max_records
-                )
+                text, locator, count = self.jobs.results(request.params["job"], request.arg("locator"), max_records)
         except BulkError as exc:
             raise self._bulk_error(exc) from None
         return Response.text(

@@ -170,9 +170,7 @@ class QueryJobs:
         """(CSV page, next locator or ``"null"``, number of records in the page)."""
         job = self.get(job_id)
         if job.state != "JobComplete":
-            raise BulkError(
-                412, "JOB_NOT_COMPLETE", f"Job {job.id} is not complete; its state is {job.state}"
-            )
+            raise BulkError(412, "JOB_NOT_COMPLETE", f"Job {job.id} is not complete; its state is {job.state}")
         offset = 0
         if locator:
             decoded = _decode_locator(locator)

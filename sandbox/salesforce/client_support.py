@@ -41,9 +41,7 @@ class OriginRewriteAdapter(HTTPAdapter):
         url = request.url or ""
         if url.startswith(self.source):
             request.url = self.target + url[len(self.source) :]
-        return super().send(
-            request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
-        )
+        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
 
 
 class PlainHttpAdapter(OriginRewriteAdapter):

@@ -264,9 +264,7 @@ class _Compiler:
     def filter_path(self, ref: FieldRef) -> FieldPath:
         path = self.resolver.resolve(self.root, ref)
         if not path.leaf_def.filterable:
-            raise QueryError(
-                "INVALID_FIELD", f"field '{path.leaf}' can not be filtered in a query call", ref.position
-            )
+            raise QueryError("INVALID_FIELD", f"field '{path.leaf}' can not be filtered in a query call", ref.position)
         return path
 
     def value(self, path: FieldPath, ref: FieldRef, literal: Literal) -> Any:
@@ -424,9 +422,7 @@ class CompiledQuery:
         for getter, descending, nulls_last in reversed(self.order):
             null_rank = 0 if nulls_last == descending else 2
 
-            def key(
-                record: Record, getter: Callable[[Record], Any] = getter, null_rank: int = null_rank
-            ) -> Any:
+            def key(record: Record, getter: Callable[[Record], Any] = getter, null_rank: int = null_rank) -> Any:
                 value = getter(record)
                 return (null_rank,) if value is None else (1, value)
 
@@ -503,9 +499,7 @@ def compile_query(query: Query, schema: OrgSchema, lookup: Lookup, now: datetime
         path = resolver.resolve(root, order_item.field)
         if not path.leaf_def.sortable:
             position = order_item.field.position
-            raise QueryError(
-                "INVALID_FIELD", f"field '{path.leaf}' can not be sorted in a query call", position
-            )
+            raise QueryError("INVALID_FIELD", f"field '{path.leaf}' can not be sorted in a query call", position)
         order.append((_normalizing_getter(path), order_item.descending, order_item.nulls_last))
     if query.offset is not None and query.offset > MAX_OFFSET:
         raise QueryError(

@@ -274,9 +274,7 @@ class _Lexer:
                 self.pos += 1
             if digits_start == self.pos:
                 raise self.error(f"unexpected token: '{src[start : self.pos]}'", start)
-            return Token(
-                "DATE_LITERAL", src[start : self.pos], start, (upper, int(src[digits_start : self.pos]))
-            )
+            return Token("DATE_LITERAL", src[start : self.pos], start, (upper, int(src[digits_start : self.pos])))
         if upper in DATE_LITERALS:
             return Token("DATE_LITERAL", text, start, (upper, None))
         if upper in KEYWORDS:
@@ -472,19 +470,13 @@ class _Parser:
 
     def select_item(self) -> FieldRef | CountAll:
         token = self.current
-        if (
-            token.kind == "IDENT"
-            and token.text.upper() == "COUNT"
-            and self.tokens[self.index + 1].text == "("
-        ):
+        if token.kind == "IDENT" and token.text.upper() == "COUNT" and self.tokens[self.index + 1].text == "(":
             self.advance()
             self.expect_punct("(")
             self.expect_punct(")")
             return CountAll(token.position)
         if token.kind == "PUNCT" and token.text == "(":
-            raise SoqlSyntaxError(
-                "parent-to-child subqueries are not supported by the Accord sandbox", token.position
-            )
+            raise SoqlSyntaxError("parent-to-child subqueries are not supported by the Accord sandbox", token.position)
         return self.field_ref()
 
     def field_ref(self) -> FieldRef:
@@ -499,9 +491,7 @@ class _Parser:
                 raise self.unexpected()
             parts.append(self.advance().text)
         if self.at_punct("("):
-            raise SoqlSyntaxError(
-                f"function {token.text}() is not supported by the Accord sandbox", token.position
-            )
+            raise SoqlSyntaxError(f"function {token.text}() is not supported by the Accord sandbox", token.position)
         return FieldRef(tuple(parts), token.position)
 
     def order_list(self) -> tuple[OrderItem, ...]:
@@ -567,17 +557,13 @@ class _Parser:
         if self.accept_keyword("IN"):
             return InList(ref, self.literal_list(), negated=False)
         if self.at_keyword("INCLUDES", "EXCLUDES"):
-            raise SoqlSyntaxError(
-                f"{token.text.upper()} is not supported by the Accord sandbox", token.position
-            )
+            raise SoqlSyntaxError(f"{token.text.upper()} is not supported by the Accord sandbox", token.position)
         raise self.unexpected()
 
     def literal_list(self) -> tuple[Literal, ...]:
         self.expect_punct("(")
         if self.at_keyword("SELECT"):
-            raise SoqlSyntaxError(
-                "semi-join subqueries are not supported by the Accord sandbox", self.current.position
-            )
+            raise SoqlSyntaxError("semi-join subqueries are not supported by the Accord sandbox", self.current.position)
         values = [self.literal()]
         while self.at_punct(","):
             self.advance()

@@ -461,9 +461,7 @@ class SalesforceStore:
     def _replication_window(self, start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
         start, end = floor_minute(as_utc(start)), floor_minute(as_utc(end))
         if start >= end:
-            raise RecordError(
-                "INVALID_REPLICATION_DATE", "startDate must chronologically precede endDate", status=400
-            )
+            raise RecordError("INVALID_REPLICATION_DATE", "startDate must chronologically precede endDate", status=400)
         if start < now - timedelta(days=self.replication_window_days):
             raise RecordError(
                 "INVALID_REPLICATION_DATE",
@@ -526,9 +524,7 @@ class SalesforceStore:
                 continue
             f = obj.field(key)
             if f is None:
-                raise RecordError(
-                    "INVALID_FIELD", f"No such column '{key}' on sobject of type {obj.name}", ()
-                )
+                raise RecordError("INVALID_FIELD", f"No such column '{key}' on sobject of type {obj.name}", ())
             if not (f.createable if creating else f.updateable):
                 read_only.append(f.name)
                 continue
@@ -583,9 +579,7 @@ class SalesforceStore:
         target_obj = self.schema.object_for_id(normalized)
         known_prefixes = {o.key_prefix for o in self.schema.objects.values() if o.name in f.reference_to}
         if target_obj is not None and target_obj.key_prefix not in known_prefixes:
-            raise RecordError(
-                "FIELD_INTEGRITY_EXCEPTION", f"{f.label}: id value of incorrect type: {value}", (f.name,)
-            )
+            raise RecordError("FIELD_INTEGRITY_EXCEPTION", f"{f.label}: id value of incorrect type: {value}", (f.name,))
         target = self._index.get(normalized)
         if target is None:
             raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", (f.name,))
@@ -926,9 +920,7 @@ class _MutationPlanner:
         contact_id = self.store._ids.new(self.schema.objects["Contact"].key_prefix)
         changes = [self._change("create", "Contact", contact_id, "Contact created")]
         open_opportunities = [
-            o
-            for o in self._live("Opportunity")
-            if o.get("AccountId") == account["Id"] and not o.get("IsClosed")
+            o for o in self._live("Opportunity") if o.get("AccountId") == account["Id"] and not o.get("IsClosed")
         ]
         role_values: dict[str, Any] | None = None
         role_id = ""
@@ -987,8 +979,7 @@ class _MutationPlanner:
         cascade = self._cascade_preview(object_name, record_id, deleted=False)
         changes = [self._change(kind, object_name, record_id, f"{object_name} deleted")]
         changes += [
-            self._change(kind, child_obj, child_id, "deleted with its parent")
-            for child_obj, child_id in cascade
+            self._change(kind, child_obj, child_id, "deleted with its parent") for child_obj, child_id in cascade
         ]
         store, stamp, user = self.store, self.stamp, self.user
         obj = self.schema.objects[object_name]
@@ -1007,9 +998,7 @@ class _MutationPlanner:
     def contact_undelete(self) -> Plan | None:
         locked = self.store._locked
         binned = [
-            r
-            for r in self.store._tables["Contact"].values()
-            if r.get("IsDeleted", False) and r["Id"] not in locked
+            r for r in self.store._tables["Contact"].values() if r.get("IsDeleted", False) and r["Id"] not in locked
         ]
         if not binned:
             return None

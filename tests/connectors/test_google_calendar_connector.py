@@ -255,9 +255,7 @@ def spans(records: list[SourceRecord]) -> dict[str, tuple[str, str]]:
 
 
 # -- full sync ---------------------------------------------------------------------------------------
-def test_full_sync_equals_the_world_per_calendar(
-    emulator: Emulator, mapping: Mapping, upper: datetime
-) -> None:
+def test_full_sync_equals_the_world_per_calendar(emulator: Emulator, mapping: Mapping, upper: datetime) -> None:
     connector = CalendarConnector(emulator.settings(page_size=25), mapping)
     try:
         units = connector.work_units()
@@ -273,9 +271,7 @@ def test_full_sync_equals_the_world_per_calendar(
         assert len(records) == len(spans(records)), "a full sync lists no tombstones and no duplicates"
         assert got[-1].live_ids == set(truth[calendar_id])
         final_cursor(got)
-        assert all(
-            r.partition == calendar_id and r.id == f"{calendar_id}/{r.data['event_id']}" for r in records
-        )
+        assert all(r.partition == calendar_id and r.id == f"{calendar_id}/{r.data['event_id']}" for r in records)
 
     # The world has what makes this interesting: series with cancelled, moved and EXDATE'd
     # instances, and all-day meetings read in the calendar's own zone.
@@ -283,9 +279,7 @@ def test_full_sync_equals_the_world_per_calendar(
     assert sum(1 for r in everything if r.data["recurring_event_id"]) > 50
     assert any(r.data["all_day"] for r in everything)
     moved = {
-        f"{world_event_id(m.key)}_{o:%Y%m%dT%H%M%SZ}"
-        for m in emulator.world.meetings
-        for o in m.moved_occurrences
+        f"{world_event_id(m.key)}_{o:%Y%m%dT%H%M%SZ}" for m in emulator.world.meetings for o in m.moved_occurrences
     }
     assert moved & {r.data["event_id"] for r in everything}
 
@@ -313,9 +307,7 @@ def test_pages_are_handed_over_before_the_next_page_is_requested(
     calendar_id = emulator.busiest()
     connector = CalendarConnector(emulator.settings(page_size=5), mapping)
     try:
-        stream = connector.read(
-            WorkUnit("events", calendar_id), None, upper=upper, full=False, reconcile=False
-        )
+        stream = connector.read(WorkUnit("events", calendar_id), None, upper=upper, full=False, reconcile=False)
         assert emulator.events_requests(calendar_id) == []
         first = next(stream)
         assert len(emulator.events_requests(calendar_id)) == 1
@@ -365,9 +357,7 @@ def test_incremental_returns_exactly_the_changes_then_one_call_per_calendar(
             for r in records_of(initial[target])
             if not r.data["recurring_event_id"] and r.data["event_id"] not in touched
         )
-        api.events().patch(
-            calendarId=target, eventId=one_off.data["event_id"], body={"summary": "Renamed"}
-        ).execute()
+        api.events().patch(calendarId=target, eventId=one_off.data["event_id"], body={"summary": "Renamed"}).execute()
         other = next(c for c in calendars if c != target and emulator.truth(c, upper, mapping))
         gone = next(
             i.split("/", 1)[1]
@@ -554,9 +544,7 @@ def test_stale_token_resyncs_that_calendar_alone_through_the_engine(
             if c == bystander:
                 expected[f"{c}/ghost00001"] = (ghost["start"], ghost["end"])
             assert stored(c) == expected, c
-        tokens = {
-            p: v for (_, stream, p), v in store.cursors("google_calendar").items() if stream == "events"
-        }
+        tokens = {p: v for (_, stream, p), v in store.cursors("google_calendar").items() if stream == "events"}
         assert set(tokens) == set(calendars) and all(v and v.startswith("C") for v in tokens.values())
     finally:
         store.dispose()
@@ -564,9 +552,7 @@ def test_stale_token_resyncs_that_calendar_alone_through_the_engine(
 
 
 # -- credentials -----------------------------------------------------------------------------------------
-def test_expired_access_token_is_renewed_transparently(
-    emulator: Emulator, mapping: Mapping, upper: datetime
-) -> None:
+def test_expired_access_token_is_renewed_transparently(emulator: Emulator, mapping: Mapping, upper: datetime) -> None:
     calendar_id = emulator.busiest()
     connector = CalendarConnector(emulator.settings(), mapping)
     try:
@@ -593,11 +579,7 @@ def test_token_only_credentials_fail_with_auth_error_and_no_retries(
     connector = CalendarConnector(settings, mapping)
     try:
         with pytest.raises(AuthError) as raised:
-            list(
-                connector.read(
-                    WorkUnit("events", calendar_id), None, upper=upper, full=False, reconcile=False
-                )
-            )
+            list(connector.read(WorkUnit("events", calendar_id), None, upper=upper, full=False, reconcile=False))
     finally:
         connector.close()
     assert emulator.credentials.token not in str(raised.value)
@@ -625,9 +607,7 @@ def _service_account_key(path: Path, token_uri: str) -> Path:
     return path
 
 
-def test_service_account_credentials_with_delegation(
-    emulator: Emulator, mapping: Mapping, tmp_path: Path
-) -> None:
+def test_service_account_credentials_with_delegation(emulator: Emulator, mapping: Mapping, tmp_path: Path) -> None:
     key = _service_account_key(tmp_path / "sa.json", emulator.server.base_url + "/token")
     settings = GoogleCalendarSettings(
         api_endpoint=emulator.endpoint,
@@ -660,9 +640,7 @@ def test_service_account_credentials_with_delegation(
     assert [(r.endpoint, r.status) for r in emulator.log.records()] == [("token", 400)]
 
     with pytest.raises(ConfigError, match="service account key"):
-        build_credentials(
-            settings.model_copy(update={"service_account_file": str(tmp_path / "missing.json")})
-        )
+        build_credentials(settings.model_copy(update={"service_account_file": str(tmp_path / "missing.json")}))
 
 
 def test_settings_refuse_incomplete_credentials() -> None:
@@ -698,9 +676,7 @@ def test_throttling_server_errors_and_drops_are_retried_by_tenacity(
     assert len(ok) == sum(max(1, -(-len(t) // 15)) for t in truth.values())
 
 
-def test_unknown_listed_calendar_is_a_config_error(
-    emulator: Emulator, mapping: Mapping, upper: datetime
-) -> None:
+def test_unknown_listed_calendar_is_a_config_error(emulator: Emulator, mapping: Mapping, upper: datetime) -> None:
     listed = with_calendars(mapping, calendars="listed", calendar_ids=["nobody@agency.example"])
     connector = CalendarConnector(emulator.settings(), listed)
     try:
@@ -784,9 +760,7 @@ def test_internal_calendars_are_filtered_by_domain_across_pages(emulator: Emulat
 def test_listed_calendars_are_read_as_listed_without_listing(
     emulator: Emulator, mapping: Mapping, upper: datetime
 ) -> None:
-    listed = with_calendars(
-        mapping, calendars="listed", calendar_ids=["noah.dubois@agency.example", PRINCIPAL]
-    )
+    listed = with_calendars(mapping, calendars="listed", calendar_ids=["noah.dubois@agency.example", PRINCIPAL])
     connector = CalendarConnector(emulator.settings(), listed)
     try:
         units = connector.work_units()

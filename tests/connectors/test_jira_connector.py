@@ -172,9 +172,7 @@ def read(
     full: bool = False,
     reconcile: bool = False,
 ) -> list[Batch]:
-    return list(
-        connector.read(UNIT, cursor, upper=upper or datetime.now(UTC), full=full, reconcile=reconcile)
-    )
+    return list(connector.read(UNIT, cursor, upper=upper or datetime.now(UTC), full=full, reconcile=reconcile))
 
 
 def records(batches: list[Batch]) -> list[SourceRecord]:
@@ -259,10 +257,7 @@ def test_full_read_equals_the_emulators_issues(site: Site, mapping: Mapping) -> 
     # Every project is asked for exactly once, in chunks that keep the workers busy.
     asked = [s.query["jql"][0] for s in searches if "nextPageToken" not in s.query]
     keys = sorted(p.key for p in site.store.projects.values())
-    assert (
-        sorted(k for q in asked for k in q.split("(", 1)[1].split(")")[0].replace('"', "").split(", "))
-        == keys
-    )
+    assert sorted(k for q in asked for k in q.split("(", 1)[1].split(")")[0].replace('"', "").split(", ")) == keys
     assert len(asked) == 5
 
 
@@ -296,9 +291,7 @@ def test_full_read_concurrency_is_bounded_by_settings(site: Site, mapping: Mappi
 
 
 # -- incremental --------------------------------------------------------------------------------------
-def test_incremental_read_returns_exactly_the_changed_issues_with_one_search(
-    site: Site, mapping: Mapping
-) -> None:
+def test_incremental_read_returns_exactly_the_changed_issues_with_one_search(site: Site, mapping: Mapping) -> None:
     first = site.connector(mapping)
     cursor = read(first, None)[-1].cursor
     assert cursor is not None
@@ -409,9 +402,7 @@ def test_minute_literal_is_in_the_api_users_time_zone(
 
 
 # -- reconciliation and read-after-write ----------------------------------------------------------------
-def test_reconcile_lists_live_ids_so_deleted_issues_disappear(
-    site: Site, mapping: Mapping, tmp_path: Path
-) -> None:
+def test_reconcile_lists_live_ids_so_deleted_issues_disappear(site: Site, mapping: Mapping, tmp_path: Path) -> None:
     db = Store(f"sqlite:///{tmp_path / 'accord.sqlite'}")
     db.create_all()
     settings = AccordSettings(jira=site.settings(), database_url="sqlite://")
@@ -451,9 +442,7 @@ def test_reconcile_lists_live_ids_so_deleted_issues_disappear(
     summary = site.log.summary(since_seq=mark)["jira"]
     assert summary["GET project.search"] == 1 and summary["GET search_jql"] == 2
     (ids_search,) = [s for s in site.searches(mark) if s.query["fields"] == ["id"]]
-    assert ids_search.query["maxResults"] == ["5000"] and ids_search.query["jql"][0].startswith(
-        "project in ("
-    )
+    assert ids_search.query["maxResults"] == ["5000"] and ids_search.query["jql"][0].startswith("project in (")
     db.dispose()
 
 
@@ -636,9 +625,7 @@ def test_a_hostile_project_key_cannot_change_the_query(site: Site, mapping: Mapp
 def test_extra_fields_may_not_replace_built_in_attributes(mapping: Mapping) -> None:
     clashing = with_jira(mapping, extra_fields={"status": "customfield_10016"})
     with pytest.raises(ConfigError, match="status"):
-        JiraConnector(
-            JiraSettings(server="https://x", email="a@b.example", api_token=SecretStr("t")), clashing
-        )
+        JiraConnector(JiraSettings(server="https://x", email="a@b.example", api_token=SecretStr("t")), clashing)
 
 
 def test_tls_with_a_private_certificate_authority(mapping: Mapping, tmp_path: Path) -> None:

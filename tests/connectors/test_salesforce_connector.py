@@ -83,9 +83,7 @@ def new_store(tmp_path: Path, name: str = "accord") -> Store:
     return db
 
 
-def pull(
-    org: Org, mapping: Mapping, db: Store, *, full: bool = False, reconcile: bool = False
-) -> dict[str, object]:
+def pull(org: Org, mapping: Mapping, db: Store, *, full: bool = False, reconcile: bool = False) -> dict[str, object]:
     settings = AccordSettings(salesforce=org.settings(), database_url="sqlite://")
     report = pull_source(
         "salesforce",
@@ -126,9 +124,7 @@ def test_full_read_of_every_stream(org: Org, mapping: Mapping, auth: str) -> Non
         assert len(records) == counts[obj], unit.stream
         assert len({r.id for r in records}) == len(records)
         assert batches[-1].final and batches[-1].live_ids == {r.id for r in records}
-        assert batches[-1].cursor is not None and batches[-1].cursor.startswith(
-            upper.strftime("%Y-%m-%dT%H:%M")
-        )
+        assert batches[-1].cursor is not None and batches[-1].cursor.startswith(upper.strftime("%Y-%m-%dT%H:%M"))
         stamps = [r.updated_at for r in records]
         assert stamps == sorted(stamps) and all(s < upper for s in stamps)
     connector.close()
@@ -166,9 +162,7 @@ def test_incremental_reads_only_the_window_and_equals_a_fresh_full_read(
     assert stored(db) == truth(org, mapping)
 
 
-def test_incremental_with_nothing_changed_makes_one_call_per_object(
-    org: Org, mapping: Mapping, tmp_path: Path
-) -> None:
+def test_incremental_with_nothing_changed_makes_one_call_per_object(org: Org, mapping: Mapping, tmp_path: Path) -> None:
     db = new_store(tmp_path)
     pull(org, mapping, db, full=True)
     since = org.log.last_seq
@@ -177,10 +171,7 @@ def test_incremental_with_nothing_changed_makes_one_call_per_object(
     assert [c.endpoint for c in calls].count("query_all") == 6
     assert {c.endpoint for c in calls} <= {"query_all", "oauth2.token"}
     assert (
-        sum(
-            int(s["changed"]) if "changed" in s else int(s["inserted"]) + int(s["updated"])
-            for s in stats.values()
-        )
+        sum(int(s["changed"]) if "changed" in s else int(s["inserted"]) + int(s["updated"]) for s in stats.values())
         == 0
     )
 
@@ -222,9 +213,7 @@ def test_expired_session(org: Org, mapping: Mapping) -> None:
     list(renewing.read(WorkUnit("users"), None, upper=datetime.now(UTC), full=True, reconcile=False))
     org.app.expire_credentials()
     since = org.log.last_seq
-    batches = list(
-        renewing.read(WorkUnit("users"), None, upper=datetime.now(UTC), full=True, reconcile=False)
-    )
+    batches = list(renewing.read(WorkUnit("users"), None, upper=datetime.now(UTC), full=True, reconcile=False))
     assert batches[0].records
     assert [c.endpoint for c in org.log.records(since_seq=since)][:3] == ["query", "oauth2.token", "query"]
     fixed = SalesforceConnector(org.settings("session"), mapping)
@@ -246,30 +235,22 @@ def test_a_mapping_field_the_org_lacks_is_a_config_error(org: Org, mapping: Mapp
     contacts = mapping.salesforce.contacts.model_copy(
         update={"fields": {**mapping.salesforce.contacts.fields, "x": "Shoe_Size__c"}}
     )
-    broken = mapping.model_copy(
-        update={"salesforce": mapping.salesforce.model_copy(update={"contacts": contacts})}
-    )
+    broken = mapping.model_copy(update={"salesforce": mapping.salesforce.model_copy(update={"contacts": contacts})})
     connector = SalesforceConnector(org.settings(), broken)
     with pytest.raises(ConfigError, match=r"read Contact: INVALID_FIELD.*Shoe_Size__c"):
         list(connector.read(WorkUnit("contacts"), None, upper=datetime.now(UTC), full=True, reconcile=False))
 
 
 def test_filter_values_are_escaped_not_pasted(org: Org, mapping: Mapping) -> None:
-    hostile = (
-        generate_world("small", 5).clients[1].name
-    )  # "Robert'); DELETE FROM Account WHERE Name LIKE '% OR 1=1 --"
+    hostile = generate_world("small", 5).clients[1].name  # "Robert'); DELETE FROM Account WHERE Name LIKE '% OR 1=1 --"
     accounts = mapping.salesforce.accounts.model_copy(
         update={"filters": [FieldFilter(field="Name", op="=", value=hostile)]}
     )
-    scoped = mapping.model_copy(
-        update={"salesforce": mapping.salesforce.model_copy(update={"accounts": accounts})}
-    )
+    scoped = mapping.model_copy(update={"salesforce": mapping.salesforce.model_copy(update={"accounts": accounts})})
     connector = SalesforceConnector(org.settings(), scoped)
     records = [
         r
-        for b in connector.read(
-            WorkUnit("accounts"), None, upper=datetime.now(UTC), full=True, reconcile=False
-        )
+        for b in connector.read(WorkUnit("accounts"), None, upper=datetime.now(UTC), full=True, reconcile=False)
         for r in b.records
     ]
     assert [r.data["name"] for r in records] == [hostile]
@@ -278,7 +259,5 @@ def test_filter_values_are_escaped_not_pasted(org: Org, mapping: Mapping) -> Non
 
 
 def test_settings_name_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(
-        ValueError, match="salesforce auth 'client_credentials' needs consumer_key, consumer_secret"
-    ):
+    with pytest.raises(ValueError, match="salesforce auth 'client_credentials' needs consumer_key, consumer_secret"):
         SalesforceSettings(auth="client_credentials")

@@ -33,9 +33,7 @@ async def _artifact_markdown(key: str, flow_run_id: UUID) -> str:
                 key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
             )
         )
-    assert len(artifacts) == 1, (
-        f"expected one artifact {key} for flow run {flow_run_id}, got {len(artifacts)}"
-    )
+    assert len(artifacts) == 1, f"expected one artifact {key} for flow run {flow_run_id}, got {len(artifacts)}"
     return str(artifacts[0].data)
 
 

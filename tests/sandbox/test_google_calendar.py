@@ -148,13 +148,9 @@ def test_single_events_expand_rrule_with_exdate_cancelled_and_moved_instances(en
 
     with env.service() as svc:
         live = svc.events().list(calendarId=ALICE, singleEvents=True, **window).execute()["items"]
-        with_deleted = (
-            svc.events().list(calendarId=ALICE, singleEvents=True, showDeleted=True, **window).execute()
-        )
+        with_deleted = svc.events().list(calendarId=ALICE, singleEvents=True, showDeleted=True, **window).execute()
     instances = {i["id"]: i for i in live if i.get("recurringEventId") == series}
-    expected = {
-        f"{series}_{suffix(start + k * week)}" for k in (0, 1, 4, 5)
-    }  # week 2 EXDATE, week 3 cancelled
+    expected = {f"{series}_{suffix(start + k * week)}" for k in (0, 1, 4, 5)}  # week 2 EXDATE, week 3 cancelled
     assert set(instances) == expected
     assert series not in ids(live)  # the master is hidden
     moved = instances[f"{series}_{suffix(start + 4 * week)}"]
@@ -164,9 +160,7 @@ def test_single_events_expand_rrule_with_exdate_cancelled_and_moved_instances(en
     first = instances[f"{series}_{suffix(start)}"]
     assert "recurrence" not in first and first["summary"] == "Weekly check-in"
     assert first["start"]["dateTime"].endswith("+01:00") or first["start"]["dateTime"].endswith("+02:00")
-    cancelled = [
-        i for i in with_deleted["items"] if i["status"] == "cancelled" and i.get("recurringEventId") == series
-    ]
+    cancelled = [i for i in with_deleted["items"] if i["status"] == "cancelled" and i.get("recurringEventId") == series]
     assert [c["id"] for c in cancelled] == [f"{series}_{suffix(start + 3 * week)}"]
     assert set(cancelled[0]) == {"kind", "etag", "id", "status", "recurringEventId", "originalStartTime"}
 
@@ -188,15 +182,12 @@ def test_without_expansion_masters_and_exceptions_are_returned(env: Served) -> N
 
 def test_order_by_start_time_and_updated(env: Served) -> None:
     with env.service() as svc:
-        by_start = (
-            svc.events().list(calendarId=ALICE, singleEvents=True, orderBy="startTime").execute()["items"]
-        )
+        by_start = svc.events().list(calendarId=ALICE, singleEvents=True, orderBy="startTime").execute()["items"]
         by_updated = svc.events().list(calendarId=ALICE, orderBy="updated").execute()["items"]
         with pytest.raises(HttpError) as caught:
             svc.events().list(calendarId=ALICE, orderBy="startTime").execute()
     starts = [
-        datetime.fromisoformat(i["start"].get("dateTime") or i["start"]["date"] + "T00:00:00+01:00")
-        for i in by_start
+        datetime.fromisoformat(i["start"].get("dateTime") or i["start"]["date"] + "T00:00:00+01:00") for i in by_start
     ]
     assert starts == sorted(starts) and len(starts) >= 7
     stamps = [i["updated"] for i in by_updated if i["status"] != "cancelled"]
@@ -243,9 +234,7 @@ def test_text_search_and_event_fields(env: Served) -> None:
 
 def test_time_zone_and_max_attendees_shape_the_response(env: Served) -> None:
     with env.service() as svc:
-        page = (
-            svc.events().list(calendarId=ALICE, q="kickoff", timeZone="Asia/Tokyo", maxAttendees=1).execute()
-        )
+        page = svc.events().list(calendarId=ALICE, q="kickoff", timeZone="Asia/Tokyo", maxAttendees=1).execute()
         entry = svc.calendarList().get(calendarId=ALICE).execute()
     event = page["items"][0]
     assert page["timeZone"] == "Asia/Tokyo" and event["start"]["dateTime"].endswith("+09:00")
@@ -259,9 +248,7 @@ def test_updated_min_includes_deletions_and_refuses_old_bounds(env: Served) -> N
     with env.service() as svc:
         items = svc.events().list(calendarId=ALICE, updatedMin=rfc(recent)).execute()["items"]
         with pytest.raises(HttpError) as caught:
-            svc.events().list(
-                calendarId=ALICE, updatedMin=rfc(env.clock.now() - timedelta(days=40))
-            ).execute()
+            svc.events().list(calendarId=ALICE, updatedMin=rfc(env.clock.now() - timedelta(days=40))).execute()
     assert event_id("m-dropped") in ids(items)  # deleted entries come back without showDeleted
     assert caught.value.status_code == 410
     assert caught.value.error_details[0]["reason"] == "updatedMinTooLongAgo"
@@ -274,9 +261,7 @@ def test_a_generated_world_is_served_whole() -> None:
         with served.service() as svc:
             seen: list[str] = []
             for user in served.world.users:
-                items, _ = list_all(
-                    svc.events().list(calendarId=user.email, showDeleted=True, maxResults=50), svc
-                )
+                items, _ = list_all(svc.events().list(calendarId=user.email, showDeleted=True, maxResults=50), svc)
                 seen += [i["id"] for i in items if "recurringEventId" not in i]
         assert sorted(seen) == sorted(world_event_id(m.key) for m in served.world.meetings)
     finally:
@@ -356,9 +341,7 @@ def test_rate_limit_is_429_and_a_retry_succeeds(fresh: Served) -> None:
         with pytest.raises(HttpError) as caught:
             svc.events().list(calendarId=ALICE).execute()
         request = svc.events().list(calendarId=ALICE)
-        request._sleep = lambda _seconds: fresh.app.faults.configure(
-            rate_429=0.0
-        )  # the library's backoff hook
+        request._sleep = lambda _seconds: fresh.app.faults.configure(rate_429=0.0)  # the library's backoff hook
         page = request.execute(num_retries=2)
     assert caught.value.status_code == 429
     assert caught.value.error_details[0]["reason"] == "rateLimitExceeded"

@@ -36,9 +36,7 @@ def week_anchor(clock: Clock) -> datetime:
 
 
 def _user(key: str, first: str, email: str, tz: str, anchor: datetime) -> User:
-    return User(
-        key, first, "Example", email, "PM", None, tz, True, anchor - timedelta(days=400), f"acc-{key}"
-    )
+    return User(key, first, "Example", email, "PM", None, tz, True, anchor - timedelta(days=400), f"acc-{key}")
 
 
 def _meeting(
@@ -51,9 +49,7 @@ def _meeting(
     anchor: datetime,
     **extra: Any,
 ) -> Meeting:
-    organizer = Attendee(
-        f"{owner.split('-')[1]}@agency.example", owner.split("-")[1].title(), "accepted", True
-    )
+    organizer = Attendee(f"{owner.split('-')[1]}@agency.example", owner.split("-")[1].title(), "accepted", True)
     return Meeting(
         key=key,
         calendar_owner_key=owner,

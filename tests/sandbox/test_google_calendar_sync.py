@@ -72,9 +72,7 @@ def test_insert_with_a_client_chosen_id_duplicate_and_invalid_ids(env: Served) -
             with pytest.raises(HttpError) as invalid:
                 svc.events().insert(calendarId=BOB, body={**body, "id": bad}).execute()
             refused.append((invalid.value.status_code, invalid.value.reason))
-        generated = (
-            svc.events().insert(calendarId=BOB, body={k: v for k, v in body.items() if k != "id"}).execute()
-        )
+        generated = svc.events().insert(calendarId=BOB, body={k: v for k, v in body.items() if k != "id"}).execute()
     assert created["id"] == chosen and created["iCalUID"] == f"{chosen}@google.com"
     assert created["organizer"] == {"email": BOB, "displayName": "Bob Example", "self": True}
     assert created["start"] == {"dateTime": "2026-12-01T10:00:00-05:00", "timeZone": "America/New_York"}
@@ -194,12 +192,8 @@ def test_private_extended_property_finds_pushed_events(env: Served) -> None:
                     **timed("2026-12-05T10:00:00", "2026-12-05T10:15:00"),
                 },
             ).execute()
-        found = (
-            svc.events().list(calendarId=BOB, privateExtendedProperty="accordKey=rem-2").execute()["items"]
-        )
-        shared = (
-            svc.events().list(calendarId=BOB, sharedExtendedProperty="accordKey=rem-2").execute()["items"]
-        )
+        found = svc.events().list(calendarId=BOB, privateExtendedProperty="accordKey=rem-2").execute()["items"]
+        shared = svc.events().list(calendarId=BOB, sharedExtendedProperty="accordKey=rem-2").execute()["items"]
     assert [i["summary"] for i in found] == ["rem-2"]
     assert shared == []
 
@@ -231,16 +225,12 @@ def test_sync_token_increments_return_every_change_exactly_once(env: Served, sin
         assert len({i["id"] for i in baseline}) == len(baseline)
         a = (
             svc.events()
-            .insert(
-                calendarId=BOB, body={"summary": "A", **timed("2026-12-06T10:00:00", "2026-12-06T11:00:00")}
-            )
+            .insert(calendarId=BOB, body={"summary": "A", **timed("2026-12-06T10:00:00", "2026-12-06T11:00:00")})
             .execute()
         )
         b = (
             svc.events()
-            .insert(
-                calendarId=BOB, body={"summary": "B", **timed("2026-12-06T12:00:00", "2026-12-06T13:00:00")}
-            )
+            .insert(calendarId=BOB, body={"summary": "B", **timed("2026-12-06T12:00:00", "2026-12-06T13:00:00")})
             .execute()
         )
         svc.events().patch(calendarId=BOB, eventId=a["id"], body={"summary": "A2"}).execute()
@@ -283,9 +273,7 @@ def test_series_changes_reach_expanded_sync_as_instances(env: Served) -> None:
     assert {i["description"] for i in expanded} == {"new agenda"}
     assert [i["id"] for i in plain] == [series]
     assert len(gone) == 4 and {i["status"] for i in gone} == {"cancelled"}
-    assert all(
-        set(i) == {"kind", "etag", "id", "status", "recurringEventId", "originalStartTime"} for i in gone
-    )
+    assert all(set(i) == {"kind", "etag", "id", "status", "recurringEventId", "originalStartTime"} for i in gone)
     assert [(i["id"], i["status"]) for i in gone_plain] == [(series, "cancelled")]
 
 

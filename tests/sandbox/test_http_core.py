@@ -52,10 +52,7 @@ def test_routes_params_and_log(served: tuple[EchoApp, ApiServer, RequestLog]) ->
     with requests.Session() as s:
         r = s.get(server.base_url + "/items/a1?q=x&q=y", headers=AUTH, timeout=10)
         assert r.json() == {"item": "a1", "q": ["x", "y"]}
-        assert (
-            s.post(server.base_url + "/items", json={"name": "n"}, headers=AUTH, timeout=10).status_code
-            == 201
-        )
+        assert s.post(server.base_url + "/items", json={"name": "n"}, headers=AUTH, timeout=10).status_code == 201
         assert s.get(server.base_url + "/nope", headers=AUTH, timeout=10).status_code == 404
         assert s.delete(server.base_url + "/items", headers=AUTH, timeout=10).status_code == 405
     assert [r.endpoint for r in log.records()] == [

@@ -238,10 +238,7 @@ def test_myself_field_and_projects(h: Harness, world: World) -> None:
     fields = h.jira.fields()
     by_id = {f["id"]: f for f in fields}
     assert {"summary", "status", "updated", "duedate", "customfield_10016"} <= set(by_id)
-    assert (
-        by_id["customfield_10016"]["custom"] is True
-        and "cf[10016]" in by_id["customfield_10016"]["clauseNames"]
-    )
+    assert by_id["customfield_10016"]["custom"] is True and "cf[10016]" in by_id["customfield_10016"]["clauseNames"]
     assert all({"id", "key", "name", "custom", "clauseNames"} <= set(f) for f in fields)
     projects = h.jira.projects()
     assert [p.key for p in projects] == ["ALPHA", "BETA"]
@@ -254,9 +251,7 @@ def test_myself_field_and_projects(h: Harness, world: World) -> None:
     assert (paged["total"], paged["isLast"], [p["key"] for p in paged["values"]]) == (2, False, ["ALPHA"])
     with pytest.raises(JIRAError) as missing:
         h.jira.project("NOPE")
-    assert (
-        missing.value.status_code == 404 and "No project could be found with key 'NOPE'" in missing.value.text
-    )
+    assert missing.value.status_code == 404 and "No project could be found with key 'NOPE'" in missing.value.text
 
 
 def test_wrong_token_gets_401_and_no_data(h: Harness) -> None:
@@ -342,9 +337,7 @@ def test_fields_selection_and_exclusions(h: Harness) -> None:
     raw = h.jira.enhanced_search_issues("key = ALPHA-10", fields=["summary", "status"], json_result=True)
     assert set(raw) == {"issues", "isLast"} and raw["isLast"] is True
     assert set(raw["issues"][0]["fields"]) == {"summary", "status"}
-    everything = h.raw(
-        "GET", "/rest/api/2/search/jql", params={"jql": "key = ALPHA-10", "fields": "*all,-comment"}
-    )
+    everything = h.raw("GET", "/rest/api/2/search/jql", params={"jql": "key = ALPHA-10", "fields": "*all,-comment"})
     fields = everything.json()["issues"][0]["fields"]
     assert "comment" not in fields and {"updated", "assignee", "parent", "customfield_10016"} <= set(fields)
     repeated = h.raw(
@@ -386,18 +379,14 @@ def test_page_tokens_are_checked(h: Harness) -> None:
     ):
         with pytest.raises(JIRAError) as refused:
             h.jira.enhanced_search_issues(jql, nextPageToken=token, json_result=True, maxResults=10)
-        assert (
-            refused.value.status_code == 400 and "next page token is invalid or expired" in refused.value.text
-        )
+        assert refused.value.status_code == 400 and "next page token is invalid or expired" in refused.value.text
 
 
 def test_unbounded_and_bad_jql_answer_400_with_jiras_text(h: Harness) -> None:
     with pytest.raises(JIRAError) as syntax:
         h.jira.enhanced_search_issues('project = ALPHA AND summary ~ "open')
     assert syntax.value.status_code == 400
-    assert syntax.value.text.startswith(
-        "Error in the JQL Query: The quoted string 'open' has not been completed."
-    )
+    assert syntax.value.text.startswith("Error in the JQL Query: The quoted string 'open' has not been completed.")
     assert syntax.value.response.json()["errors"] == {}
     with pytest.raises(JIRAError) as unknown:
         h.jira.enhanced_search_issues("project = GAMMA ORDER BY key")
@@ -443,9 +432,7 @@ def test_jql_constructs_match_the_world(h: Harness, world: World) -> None:
     )
     assert search("parent = ALPHA-2") == {i.key for i in alpha if i.epic_key == "ALPHA-2"}
     assert search("project in (ALPHA, BETA) AND NOT issuetype in (Story, Epic) AND priority >= High") == {
-        i.key
-        for i in world.issues
-        if i.issue_type not in ("Story", "Epic") and i.priority in ("Highest", "High")
+        i.key for i in world.issues if i.issue_type not in ("Story", "Epic") and i.priority in ("Highest", "High")
     }
     ordered = h.jira.enhanced_search_issues("project = ALPHA ORDER BY updated DESC, key", maxResults=0)
     expected = sorted(alpha, key=lambda i: i.key)
@@ -625,9 +612,7 @@ def test_create_issue_and_validation(fresh: Harness, world: World) -> None:
 
 def test_edit_transition_assign_and_delete(fresh: Harness, world: World) -> None:
     issue = fresh.jira.issue("ALPHA-20")
-    issue.update(
-        fields={"summary": "Renamed", "duedate": "2025-03-01"}, update={"labels": [{"add": "blocked"}]}
-    )
+    issue.update(fields={"summary": "Renamed", "duedate": "2025-03-01"}, update={"labels": [{"add": "blocked"}]})
     assert fresh.jira.issue("ALPHA-20").fields.labels == ["blocked"]
     transitions = {t["name"]: t["id"] for t in fresh.jira.transitions("ALPHA-20")}
     assert issue.fields.status.name == "To Do" and set(transitions) == {"In Progress"}
@@ -643,9 +628,7 @@ def test_edit_transition_assign_and_delete(fresh: Harness, world: World) -> None
     with pytest.raises(JIRAError) as gone:
         fresh.jira.issue("ALPHA-20")
     assert gone.value.status_code == 404
-    assert "ALPHA-20" not in {
-        i.key for i in fresh.jira.enhanced_search_issues("project = ALPHA", maxResults=0)
-    }
+    assert "ALPHA-20" not in {i.key for i in fresh.jira.enhanced_search_issues("project = ALPHA", maxResults=0)}
 
 
 def test_comments_v2_strings_and_v3_documents(fresh: Harness) -> None:
@@ -793,9 +776,7 @@ def test_an_api_write_first_settles_a_pending_late_change(fresh: Harness) -> Non
     stamp = fresh.clock.now() - timedelta(minutes=10)
     changes = []
     for seed in range(200):  # the first seed whose all-late round has both an update and a delete
-        probe = JiraStore.from_world(fresh.world, Clock()).mutate(
-            random.Random(seed), 12, stamp, late_share=1.0
-        )
+        probe = JiraStore.from_world(fresh.world, Clock()).mutate(random.Random(seed), 12, stamp, late_share=1.0)
         if {"update", "hard_delete"} <= {c.kind for c in probe}:
             changes = fresh.store.mutate(random.Random(seed), 12, stamp, late_share=1.0)
             break
@@ -810,9 +791,7 @@ def test_an_api_write_first_settles_a_pending_late_change(fresh: Harness) -> Non
     assert before.fields.updated != fresh.store.format_time(stamp)
     fresh.jira.add_comment(updated.id, "a write of our own")
     after = fresh.jira.issue(updated.id, expand="changelog")
-    assert after.changelog.histories[-1].created == fresh.store.format_time(
-        stamp
-    )  # the late change, now visible
+    assert after.changelog.histories[-1].created == fresh.store.format_time(stamp)  # the late change, now visible
     assert after.fields.updated > fresh.store.format_time(stamp)
     assert {c.id for c in fresh.store.release_pending()} == {c.id for c in changes} - {updated.id, deleted.id}
 
@@ -842,9 +821,7 @@ def test_generated_world_pages_completely(world: World) -> None:
     harness = Harness(generated)
     try:
         projects = ",".join(f'"{e.jira_project_key}"' for e in generated.engagements)
-        found = harness.jira.enhanced_search_issues(
-            f"project in ({projects})", maxResults=0, fields="*navigable"
-        )
+        found = harness.jira.enhanced_search_issues(f"project in ({projects})", maxResults=0, fields="*navigable")
         assert sorted(i.key for i in found) == sorted(i.key for i in generated.issues)
         by_key = {i.key: i for i in generated.issues}
         for issue in found:

@@ -51,9 +51,7 @@ def small_world() -> World:
             BASE - timedelta(days=400),
             accounts[i],
         )
-        for i, (first, last) in enumerate(
-            [("Ada", "Byron"), ("Ben", "Okafor"), ("Chen", "Wu"), ("Dana", "Ruiz")]
-        )
+        for i, (first, last) in enumerate([("Ada", "Byron"), ("Ben", "Okafor"), ("Chen", "Wu"), ("Dana", "Ruiz")])
     ]
     engagements = [
         Engagement(
@@ -225,9 +223,7 @@ def test_parser_builds_precedence_not_in_is_empty_functions_and_order() -> None:
     assert isinstance(inner, Clause) and inner.operator == "in" and len(inner.operands) == 2
     assert isinstance(right, BoolOp)
     is_empty, function = right.children
-    assert (
-        isinstance(is_empty, Clause) and is_empty.operator == "is" and isinstance(is_empty.operands[0], Empty)
-    )
+    assert isinstance(is_empty, Clause) and is_empty.operator == "is" and isinstance(is_empty.operands[0], Empty)
     assert isinstance(function, Clause) and isinstance(function.operands[0], Function)
     assert [(k.field, k.descending) for k in query.order_by] == [("updated", True), ("key", False)]
     not_in = parse("status NOT IN (Done) && labels is not null || summary !~ x").where
@@ -385,10 +381,7 @@ def test_minute_resolution_in_the_users_zone(store: JiraStore) -> None:
     assert keyset(store, window.format("<")) == {"ALPHA-1", "ALPHA-3", "ALPHA-5"}
     assert keyset(store, "updated > '2025-01-15 09:59' and updated < '2025-01-15 10:01'") == {"ALPHA-2"}
     # The same instant as UTC text names another minute: 10:00 UTC is 02:00 in Los Angeles.
-    assert (
-        keyset(store, "project = ALPHA and updated >= '2025/01/15 18:00' and updated <= '2025/01/15 18:00'")
-        == set()
-    )
+    assert keyset(store, "project = ALPHA and updated >= '2025/01/15 18:00' and updated <= '2025/01/15 18:00'") == set()
     millis = int(datetime(2025, 1, 15, 10, 0, 45, tzinfo=LA).timestamp() * 1000)
     assert keyset(store, f"updated >= {millis} and project = ALPHA") == {"ALPHA-2", "ALPHA-4"}
     assert keyset(store, "updated >= '2025-01-15' and updated < 2025/01/16") == {

@@ -82,9 +82,7 @@ def test_overlap_bounds_are_exclusive() -> None:
     hour = timedelta(hours=1)
     # an occurrence ending exactly at the lower bound is out; one starting exactly at the upper bound too
     assert list(series.occurrences(first + hour, first + timedelta(days=1), hour)) == []
-    assert list(series.occurrences(first + hour - timedelta(seconds=1), first + timedelta(days=1), hour)) == [
-        first
-    ]
+    assert list(series.occurrences(first + hour - timedelta(seconds=1), first + timedelta(days=1), hour)) == [first]
 
 
 def test_until_forms_and_all_day_series() -> None:
@@ -98,11 +96,7 @@ def test_until_forms_and_all_day_series() -> None:
         BERLIN,
         all_day=True,
     )
-    got = list(
-        days.occurrences(
-            datetime(2026, 1, 4, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), timedelta(days=1)
-        )
-    )
+    got = list(days.occurrences(datetime(2026, 1, 4, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), timedelta(days=1)))
     assert [days.suffix(d) for d in got] == ["20260105", "20260106", "20260108", "20260109"]
 
 

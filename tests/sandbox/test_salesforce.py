@@ -207,9 +207,7 @@ def test_password_and_oauth_logins_issue_new_sessions(org: Org) -> None:
 def test_wrong_credentials_get_the_real_failures(org: Org) -> None:
     c = org.creds
     with pytest.raises(SalesforceAuthenticationFailed) as soap_failure:
-        Salesforce(
-            username=c.username, password="wrong", security_token=c.security_token, session=org.session()
-        )
+        Salesforce(username=c.username, password="wrong", security_token=c.security_token, session=org.session())
     assert soap_failure.value.code == "INVALID_LOGIN"
     with pytest.raises(SalesforceAuthenticationFailed) as secret_failure:
         Salesforce(
@@ -243,9 +241,7 @@ def test_wrong_credentials_get_the_real_failures(org: Org) -> None:
     with pytest.raises(SalesforceExpiredSession) as expired:
         org.direct(session_id="00D5g000004SbXE!forged").query("SELECT Id, Email FROM Contact")
     assert error_of(expired) == {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
-    anonymous = org.raw(
-        "GET", "/services/data/v59.0/query/?q=SELECT+Id+FROM+Contact", headers={"Authorization": ""}
-    )
+    anonymous = org.raw("GET", "/services/data/v59.0/query/?q=SELECT+Id+FROM+Contact", headers={"Authorization": ""})
     assert anonymous.status_code == 401 and "records" not in anonymous.text
 
 
@@ -334,9 +330,7 @@ def test_parent_relationships_nest_and_polymorphic_ones_are_names(own_org: Org) 
     owner = next(u for u in org.world.users if u.key == client.owner_key)
     opportunity_id = org.store.id_for(engagement.key)
     result = sf.query(
-        format_soql(
-            "SELECT Name, Account.Name, Account.Owner.Email FROM Opportunity WHERE Id = {}", opportunity_id
-        )
+        format_soql("SELECT Name, Account.Name, Account.Owner.Email FROM Opportunity WHERE Id = {}", opportunity_id)
     )
     record = result["records"][0]
     assert record["attributes"] == {
@@ -350,9 +344,7 @@ def test_parent_relationships_nest_and_polymorphic_ones_are_names(own_org: Org) 
     row = sf.query(format_soql("SELECT Account.Name, Title FROM Contact WHERE Id = {}", orphan))["records"][0]
     assert row["Account"] is None and row["Title"] is None
     contact = org.world.contacts[0]
-    task = sf.Task.create(
-        {"Subject": "Follow up", "WhoId": org.store.id_for(contact.key), "WhatId": opportunity_id}
-    )
+    task = sf.Task.create({"Subject": "Follow up", "WhoId": org.store.id_for(contact.key), "WhatId": opportunity_id})
     row = sf.query(
         format_soql("SELECT Who.Email, Who.Type, What.Name, Account.Name FROM Task WHERE Id = {}", task["id"])
     )["records"][0]
@@ -382,9 +374,9 @@ def test_soql_filters_match_the_world(org: Org) -> None:
     assert query_ids(format_soql("SELECT Id FROM Contact WHERE Email = {}", mixed.email.lower())) == {
         org.store.id_for(mixed.key)
     }
-    assert query_ids(
-        format_soql("SELECT Id FROM Contact WHERE Email != {}", mixed.email.upper())
-    ) == contact_ids(lambda c: c is not mixed)
+    assert query_ids(format_soql("SELECT Id FROM Contact WHERE Email != {}", mixed.email.upper())) == contact_ids(
+        lambda c: c is not mixed
+    )
     hostile = world.clients[0]
     assert query_ids(format_soql("SELECT Id FROM Account WHERE Name = {}", hostile.name)) == {
         org.store.id_for(hostile.key)
@@ -400,25 +392,20 @@ def test_soql_filters_match_the_world(org: Org) -> None:
 
     two = world.contacts[:2]
     fifteen = [org.store.id_for(c.key)[:15] for c in two]
-    assert query_ids(format_soql("SELECT Id FROM Contact WHERE Id IN {}", fifteen)) == contact_ids(
-        lambda c: c in two
-    )
+    assert query_ids(format_soql("SELECT Id FROM Contact WHERE Id IN {}", fifteen)) == contact_ids(lambda c: c in two)
     assert query_ids(format_soql("SELECT Id FROM Contact WHERE Id NOT IN {}", fifteen)) == contact_ids(
         lambda c: c not in two
     )
 
     assert query_ids(
-        "SELECT Id FROM Opportunity "
-        "WHERE (StageName = 'closed won' AND Amount >= 300000) OR (NOT IsClosed = true)"
-    ) == engagement_ids(
-        lambda e: (e.stage == "Closed Won" and e.amount >= 300000) or not e.stage.startswith("Closed")
-    )
+        "SELECT Id FROM Opportunity WHERE (StageName = 'closed won' AND Amount >= 300000) OR (NOT IsClosed = true)"
+    ) == engagement_ids(lambda e: (e.stage == "Closed Won" and e.amount >= 300000) or not e.stage.startswith("Closed"))
     assert query_ids("SELECT Id FROM Opportunity WHERE Amount < 100000 AND Amount > 50000") == engagement_ids(
         lambda e: 50000 < e.amount < 100000
     )
-    assert query_ids(
-        "SELECT Id FROM Opportunity WHERE Amount <= 100000 OR Amount <> 437000"
-    ) == engagement_ids(lambda e: e.amount <= 100000 or e.amount != 437000)
+    assert query_ids("SELECT Id FROM Opportunity WHERE Amount <= 100000 OR Amount <> 437000") == engagement_ids(
+        lambda e: e.amount <= 100000 or e.amount != 437000
+    )
     assert query_ids("SELECT Id FROM Opportunity WHERE IsWon = TRUE") == engagement_ids(
         lambda e: e.stage == "Closed Won"
     )
@@ -426,9 +413,9 @@ def test_soql_filters_match_the_world(org: Org) -> None:
         "SELECT Id FROM Opportunity WHERE StageName IN ('Closed Lost', 'qualification')"
     ) == engagement_ids(lambda e: e.stage in ("Closed Lost", "Qualification"))
     cutoff = sorted(e.close_date for e in world.engagements)[len(world.engagements) // 2]
-    assert query_ids(
-        format_soql("SELECT Id FROM Opportunity WHERE CloseDate >= {}", cutoff)
-    ) == engagement_ids(lambda e: e.close_date >= cutoff)
+    assert query_ids(format_soql("SELECT Id FROM Opportunity WHERE CloseDate >= {}", cutoff)) == engagement_ids(
+        lambda e: e.close_date >= cutoff
+    )
 
     moment = sorted(c.modified for c in world.contacts)[len(world.contacts) // 3].replace(microsecond=0)
     expected = contact_ids(lambda c: c.modified > moment)
@@ -470,9 +457,7 @@ def test_order_by_limit_and_offset(org: Org) -> None:
     expected.sort(key=lambda c: (c.title == "", c.title), reverse=False)
     assert [r["FirstName"] for r in rows] == [c.first_name for c in expected]
     assert rows[-1]["Title"] is None
-    nulls_first = sf.query("SELECT Title FROM Contact WHERE FirstName LIKE 'Page%' ORDER BY Title LIMIT 3")[
-        "records"
-    ]
+    nulls_first = sf.query("SELECT Title FROM Contact WHERE FirstName LIKE 'Page%' ORDER BY Title LIMIT 3")["records"]
     assert [r["Title"] for r in nulls_first] == [None, None, None]
     page = sf.query(soql + " LIMIT 5 OFFSET 10")
     assert page["totalSize"] == 5 and [r["FirstName"] for r in page["records"]] == [
@@ -542,17 +527,13 @@ def test_query_all_and_get_deleted_see_soft_deletes_only(own_org: Org) -> None:
     soft_id, hard_id = org.store.id_for(soft.key), org.store.id_for(hard.key)
     updated_id = org.store.id_for(org.world.contacts[3].key)
     assert sf.Contact.delete(soft_id) == 204
-    org.store._hard_delete(
-        org.store.schema.objects["Contact"], org.store.lookup(hard_id) or {}, org.clock.now()
-    )
+    org.store._hard_delete(org.store.schema.objects["Contact"], org.store.lookup(hard_id) or {}, org.clock.now())
     assert sf.Contact.update(updated_id, {"Title": "Head of Data"}) == 204
     live = ids(sf.query_all("SELECT Id FROM Contact")["records"])
     assert soft_id not in live and hard_id not in live
     options = {"Sforce-Query-Options": "batchSize=200"}
     before = org.log.last_seq
-    with_deleted = sf.query_all("SELECT Id, IsDeleted FROM Contact", include_deleted=True, headers=options)[
-        "records"
-    ]
+    with_deleted = sf.query_all("SELECT Id, IsDeleted FROM Contact", include_deleted=True, headers=options)["records"]
     assert {r["Id"] for r in with_deleted if r["IsDeleted"]} == {soft_id}
     assert hard_id not in ids(with_deleted)
     paths = [r.path for r in org.log.records(since_seq=before)]
@@ -605,15 +586,10 @@ def test_get_create_update_delete_and_describe(own_org: Org) -> None:
     describe = sf.Opportunity.describe()
     fields = {f["name"]: f for f in describe["fields"]}
     assert describe["keyPrefix"] == "006"
-    assert (
-        fields["Jira_Project_Key__c"]["type"] == "string" and fields["Jira_Project_Key__c"]["custom"] is True
-    )
+    assert fields["Jira_Project_Key__c"]["type"] == "string" and fields["Jira_Project_Key__c"]["custom"] is True
     assert [v["value"] for v in fields["Accord_Health__c"]["picklistValues"]] == ["Green", "Amber", "Red"]
     assert fields["Accord_Status_Updated__c"]["type"] == "datetime"
-    assert (
-        fields["AccountId"]["referenceTo"] == ["Account"]
-        and fields["AccountId"]["relationshipName"] == "Account"
-    )
+    assert fields["AccountId"]["referenceTo"] == ["Account"] and fields["AccountId"]["relationshipName"] == "Account"
     task_key = {f["name"]: f for f in sf.Task.describe()["fields"]}["Accord_Key__c"]
     assert (task_key["externalId"], task_key["unique"], task_key["updateable"]) == (True, True, True)
     names = {o["name"] for o in sf.describe()["sobjects"]}
@@ -626,9 +602,7 @@ def test_upsert_by_external_id(own_org: Org) -> None:
     assert sf.Task.upsert("Accord_Key__c/reminder-1", {"Subject": "Send the status report today"}) == 200
     task = sf.Task.get_by_custom_id("Accord_Key__c", "reminder-1")
     assert task["Subject"] == "Send the status report today"
-    raw = own_org.raw(
-        "PATCH", "/services/data/v59.0/sobjects/Task/Accord_Key__c/reminder-1", json={"Priority": "High"}
-    )
+    raw = own_org.raw("PATCH", "/services/data/v59.0/sobjects/Task/Accord_Key__c/reminder-1", json={"Priority": "High"})
     assert raw.status_code == 200 and raw.json() == {
         "id": task["Id"],
         "success": True,
@@ -655,8 +629,7 @@ def test_upsert_by_external_id(own_org: Org) -> None:
     with pytest.raises(SalesforceResourceNotFound) as not_external:
         sf.Task.upsert("Subject/hello", {"Priority": "High"})
     assert (
-        "Provided external ID field does not exist or is not accessible: Subject"
-        in error_of(not_external)["message"]
+        "Provided external ID field does not exist or is not accessible: Subject" in error_of(not_external)["message"]
     )
     with pytest.raises(SalesforceMalformedRequest) as bad_field:
         sf.Task.upsert("Accord_Key__c/reminder-2", {"Colour__c": "blue"})
@@ -731,9 +704,7 @@ def test_composite_collections(own_org: Org) -> None:
     again = sf.restful(
         "composite/sobjects/Task/Accord_Key__c",
         method="PATCH",
-        json={
-            "records": [{"attributes": {"type": "Task"}, "Accord_Key__c": "BULK-0", "Status": "Completed"}]
-        },
+        json={"records": [{"attributes": {"type": "Task"}, "Accord_Key__c": "BULK-0", "Status": "Completed"}]},
     )
     assert again[0]["created"] is False and again[0]["id"] == upserted[0]["id"]
     assert sf.Task.get(upserted[0]["id"])["IsClosed"] is True
@@ -757,9 +728,7 @@ def test_bulk2_query_pages_csv(own_org: Org) -> None:
     deleted_id = org.store.id_for(org.world.contacts[0].key)
     sf.Contact.delete(deleted_id)
     before = org.log.last_seq
-    pages = list(
-        sf.bulk2.Contact.query("SELECT Id, Email, Account.Name FROM Contact", max_records=200, wait=0)
-    )
+    pages = list(sf.bulk2.Contact.query("SELECT Id, Email, Account.Name FROM Contact", max_records=200, wait=0))
     live = len(org.world.contacts) - 1
     assert len(pages) == math.ceil(live / 200)
     rows: list[dict[str, str]] = []
@@ -856,9 +825,7 @@ def test_mutations_tie_on_one_stamp_and_late_ones_commit_later(own_org: Org) -> 
     stamp = org.clock.now()
     changes = org.store.mutate(random.Random(5), 40, stamp, late_share=0.3)
     wire_stamp = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
-    soql = format_soql(
-        "SELECT Id, SystemModstamp FROM Contact WHERE SystemModstamp >= {:literal}Z", wire_stamp
-    )
+    soql = format_soql("SELECT Id, SystemModstamp FROM Contact WHERE SystemModstamp >= {:literal}Z", wire_stamp)
 
     def visible() -> dict[str, str]:
         return {r["Id"]: r["SystemModstamp"] for r in sf.query_all(soql)["records"]}

@@ -80,9 +80,7 @@ def test_from_world_renders_every_record(world: World) -> None:
     assert account is not None
     assert account["Email_Domains__c"] == ";".join(client.domains)
     assert account["OwnerId"] == store.id_for(client.owner_key)
-    assert account["SystemModstamp"] == client.modified.replace(
-        microsecond=client.modified.microsecond // 1000 * 1000
-    )
+    assert account["SystemModstamp"] == client.modified.replace(microsecond=client.modified.microsecond // 1000 * 1000)
     assert account["CreatedDate"] <= account["LastModifiedDate"]
     for engagement in world.engagements:
         opportunity = store.lookup(store.id_for(engagement.key))
@@ -181,9 +179,7 @@ def test_write_validation(world: World) -> None:
         user_id=user,
     )
     task = store.get("task", task_id)
-    assert task["AccountId"] == store.id_for(
-        world.engagements[0].client_key
-    )  # derived through the Opportunity
+    assert task["AccountId"] == store.id_for(world.engagements[0].client_key)  # derived through the Opportunity
     assert (task["Status"], task["Priority"], task["IsHighPriority"], task["OwnerId"]) == (
         "Not Started",
         "High",
@@ -267,9 +263,7 @@ def test_recycle_bin_cascade_undelete_and_purge(world: World) -> None:
     store.delete("Contact", contact_id, user_id=user)
     assert contact_id not in ids_of(store, "SELECT Id FROM Contact")
     assert role_id not in ids_of(store, "SELECT Id FROM OpportunityContactRole")
-    assert {contact_id} == ids_of(
-        store, "SELECT Id FROM Contact WHERE IsDeleted = true", include_deleted=True
-    )
+    assert {contact_id} == ids_of(store, "SELECT Id FROM Contact WHERE IsDeleted = true", include_deleted=True)
     assert role_id in ids_of(store, "SELECT Id FROM OpportunityContactRole", include_deleted=True)
     end = clock.now() + timedelta(minutes=2)
     deleted = store.deleted("Contact", start, end)
@@ -312,9 +306,7 @@ def test_replication_windows(world: World) -> None:
     contact_id = store.id_for(world.contacts[4].key)
     store.update("Contact", contact_id, {"Title": "Moved"}, user_id=store.integration_user_id)
     modified = store.get("Contact", contact_id)["SystemModstamp"]
-    window = store.updated(
-        "Contact", modified.replace(second=0, microsecond=0), modified + timedelta(minutes=1)
-    )
+    window = store.updated("Contact", modified.replace(second=0, microsecond=0), modified + timedelta(minutes=1))
     assert contact_id in window.ids
     # Seconds are ignored: a start later in the same minute still covers the record.
     window = store.updated("Contact", modified.replace(second=59), modified + timedelta(minutes=1))

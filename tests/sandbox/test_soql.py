@@ -187,9 +187,7 @@ def test_like_escapes_keep_wildcards_literal(prefix: str, rest: str) -> None:
     st.integers(min_value=-12 * 60, max_value=14 * 60).map(lambda m: m - m % 15),
     st.booleans(),
 )
-def test_any_datetime_literal_parses_to_its_instant(
-    moment: datetime, offset_minutes: int, millis: bool
-) -> None:
+def test_any_datetime_literal_parses_to_its_instant(moment: datetime, offset_minutes: int, millis: bool) -> None:
     moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000 if millis else 0)
     local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
     text = local.isoformat(timespec="milliseconds" if millis else "seconds")

@@ -18,9 +18,7 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 def rec(i: int, name: str = "x", deleted: bool = False, stream: str = "contacts") -> SourceRecord:
-    return SourceRecord(
-        "salesforce", stream, f"003{i:015d}", T0 + timedelta(seconds=i), {"name": name}, deleted
-    )
+    return SourceRecord("salesforce", stream, f"003{i:015d}", T0 + timedelta(seconds=i), {"name": name}, deleted)
 
 
 def test_upsert_counts_inserts_updates_unchanged_and_deletes(store: Store) -> None:
@@ -59,9 +57,7 @@ def test_cursor_moves_with_its_records_or_not_at_all(store: Store) -> None:
     event.listen(store.engine, "before_cursor_execute", explode)
     try:
         with pytest.raises(RuntimeError, match="crash"):
-            store.apply_batch(
-                [rec(2)], CursorUpdate("salesforce", "contacts", "", "2026-11-02T00:00:00.000Z")
-            )
+            store.apply_batch([rec(2)], CursorUpdate("salesforce", "contacts", "", "2026-11-02T00:00:00.000Z"))
     finally:
         event.remove(store.engine, "before_cursor_execute", explode)
     # Neither the record nor the cursor moved: a re-run reads the same window again.

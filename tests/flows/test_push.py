@@ -1,0 +1,239 @@
+"""Push against the whole sandbox: exactly once under re-runs, crashes at every step, and faults.
+
+Counted from the sandbox's own records: Salesforce Tasks by External ID, Jira comments by their
+Accord marker, calendar events by their private ``accordKey``; no duplicate and no missing write.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accord.settings import AccordSettings
+from connectors.base import TargetWriter, WriteRequest, WriteResult
+from connectors.retry import RetrySettings
+from engagement.mapping import Mapping, load_mapping
+from flows.engine import run_sync
+from flows.push_engine import PushReport, build_writer, plan_push, push
+from sandbox.app import Sandbox, SandboxOptions
+from sandbox.jira.adf import document_to_text
+from store import Store
+
+MAPPING_PATH = Path("mappings/default.yaml")
+FAST = RetrySettings(max_attempts=8, base_wait_s=0.0, max_wait_s=0.05)
+
+
+class SimulatedCrash(BaseException):
+    """Stands in for the process dying: not an Exception, so nothing on the way catches it."""
+
+
+@pytest.fixture(scope="module")
+def mapping() -> Mapping:
+    return load_mapping(MAPPING_PATH)
+
+
+def settings_for(sandbox: Sandbox, url: str) -> AccordSettings:
+    s = AccordSettings(database_url=url).with_sandbox(sandbox.info())
+    assert s.salesforce and s.jira and s.google_calendar
+    return s.model_copy(
+        update={
+            "salesforce": s.salesforce.model_copy(update={"retry": FAST}),
+            "jira": s.jira.model_copy(update={"retry": FAST}),
+            "google_calendar": s.google_calendar.model_copy(update={"retry": FAST}),
+        }
+    )
+
+
+@dataclass
+class World:
+    sandbox: Sandbox
+    store: Store
+    settings: AccordSettings
+
+
+@pytest.fixture
+def world(store: Store, mapping: Mapping) -> Iterator[World]:
+    with Sandbox(SandboxOptions(size="small", seed=31)) as sandbox:
+        settings = settings_for(sandbox, store.url)
+        report = run_sync(settings, mapping, store, full=True)
+        assert not report.failed
+        yield World(sandbox, store, settings)
+        assert sandbox.emulator_errors() == []
+
+
+def target_counts(sandbox: Sandbox, mapping: Mapping) -> dict[str, Counter[str]]:
+    """Writes as the targets hold them, by idempotency key."""
+    sf = sandbox.salesforce_store
+    ext = mapping.push.salesforce.task_external_id
+    soql = f"SELECT Id, {ext} FROM Task"  # noqa: S608 (the emulator's own query of its own field name)
+    tasks = Counter(str(r.get(ext)) for r in sf.run(sf.compile(soql), include_deleted=False) if r.get(ext))
+    comments: Counter[str] = Counter()
+    with sandbox.jira_store.lock:
+        bodies = [c.body for thread in sandbox.jira_store.comments.values() for c in thread]
+    for body in bodies:
+        text = body if isinstance(body, str) else document_to_text(body)
+        for line in text.splitlines():
+            if "ref status-" in line:
+                comments[line.rsplit("ref ", 1)[1].strip().rstrip(".")] += 1
+    events: Counter[str] = Counter()
+    for calendar in sandbox.calendar_store.calendars.values():
+        for event in calendar.events.values():
+            private = ((event.fields or {}).get("extendedProperties") or {}).get("private") or {}
+            if "accordKey" in private and event.status != "cancelled":
+                events[str(private["accordKey"])] += 1
+    return {"salesforce": tasks, "jira": comments, "google_calendar": events}
+
+
+def expected_keys(report: PushReport) -> dict[str, set[str]]:
+    keys: dict[str, set[str]] = {"salesforce": set(), "jira": set(), "google_calendar": set()}
+    for item in report.plan.items:
+        if item.kind == "task":
+            keys["salesforce"].add(item.key)
+        elif item.kind == "jira_status_comment":
+            keys["jira"].add(item.key)
+        elif item.kind == "calendar_event":
+            keys["google_calendar"].add(item.key)
+    return keys
+
+
+def assert_exactly_once(sandbox: Sandbox, mapping: Mapping, keys: dict[str, set[str]]) -> None:
+    held = target_counts(sandbox, mapping)
+    for target, wanted in keys.items():
+        duplicates = {k: n for k, n in held[target].items() if n > 1}
+        assert not duplicates, (target, duplicates)
+        assert wanted <= set(held[target]), (target, sorted(wanted - set(held[target]))[:5])
+
+
+def test_push_writes_once_and_the_second_push_is_empty(world: World, mapping: Mapping) -> None:
+    plan = plan_push(world.store, mapping, MAPPING_PATH)
+    assert world.store.outbox.counts() == {}  # planning writes nothing
+    kinds = Counter(i.kind for i in plan.items)
+    assert kinds["task"] > 0 and kinds["calendar_event"] > 0 and kinds["jira_status_comment"] > 0
+    assert kinds["opportunity_status"] == kinds["jira_status_comment"] + sum(
+        1 for s in plan.skipped if s.what == "Jira status comment"
+    )
+    report = push(world.store, world.settings, mapping, MAPPING_PATH)
+    assert report.failed == 0, report.to_json()
+    assert_exactly_once(world.sandbox, mapping, expected_keys(report))
+    assert {state for t in world.store.outbox.counts().values() for state in t} == {"delivered"}
+    # Salesforce went in batches: at most ceil(n/200) upserts for the tasks.
+    tasks = kinds["task"]
+    upserts = world.sandbox.log.count(api="salesforce", endpoint="composite.upsert")
+    assert upserts <= -(-tasks // 200) + 1
+
+    since = world.sandbox.log.last_seq
+    again = push(world.store, world.settings, mapping, MAPPING_PATH)
+    assert again.plan.items == [] and again.queued == 0
+    writes = [r for r in world.sandbox.log.records(since_seq=since) if r.method in ("POST", "PATCH", "PUT", "DELETE")]
+    assert [(r.api, r.endpoint) for r in writes if r.endpoint not in ("oauth2.token",)] == []
+
+
+class CrashPoints:
+    """Counts the steps of a push (the outbox enqueue, each writer call, each outbox mark) and
+    crashes at step ``at``, before or after doing it. ``at=0`` only counts."""
+
+    def __init__(self, at: int, when: str) -> None:
+        self.at, self.when, self.taken = at, when, 0
+
+    def step(self, do: Callable[[], Any]) -> Any:
+        self.taken += 1
+        if self.taken == self.at and self.when == "before":
+            raise SimulatedCrash
+        result = do()
+        if self.taken == self.at and self.when == "after":
+            raise SimulatedCrash
+        return result
+
+    def writer_factory(self, target: str, settings: AccordSettings, mapping: Mapping) -> TargetWriter:
+        points = self
+        inner = build_writer(target, settings, mapping)
+
+        class Crashing:
+            target = inner.target
+
+            def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+                result: list[WriteResult] = points.step(lambda: inner.write(requests))
+                return result
+
+            def close(self) -> None:
+                inner.close()
+
+        return Crashing()
+
+    def run(self, store: Store, settings: AccordSettings, mapping: Mapping, now: datetime) -> bool:
+        """One push with the crash points in place; True when it ran to the end."""
+        outbox = store.outbox
+        mark, enqueue = outbox.mark, outbox.enqueue
+        outbox.mark = lambda deliveries: self.step(lambda: mark(deliveries))  # type: ignore[method-assign]  # crash point
+        outbox.enqueue = lambda *a, **k: self.step(lambda: enqueue(*a, **k))  # type: ignore[method-assign]  # crash point
+        try:
+            push(store, settings, mapping, MAPPING_PATH, now=now, writer_factory=self.writer_factory)
+            return True
+        except SimulatedCrash:
+            return False
+        finally:
+            outbox.mark, outbox.enqueue = mark, enqueue  # type: ignore[method-assign]  # restore
+
+
+def crash_trial(store: Store, mapping: Mapping, at: int, when: str) -> int:
+    """A fresh org, a crash at one step of the push, a re-run; returns the steps a push takes."""
+    with Sandbox(SandboxOptions(size="small", seed=32)) as sandbox:
+        settings = settings_for(sandbox, store.url)
+        assert not run_sync(settings, mapping, store, full=True).failed
+        now = datetime.now(UTC)
+        expected = expected_keys(PushReport(plan_push(store, mapping, MAPPING_PATH, now)))
+        points = CrashPoints(at, when)
+        finished = points.run(store, settings, mapping, now)
+        assert finished == (at == 0 or at > points.taken)
+        rerun = push(store, settings, mapping, MAPPING_PATH, now=now)
+        assert rerun.failed == 0
+        assert push(store, settings, mapping, MAPPING_PATH, now=now).queued == 0  # and then nothing more
+        assert_exactly_once(sandbox, mapping, expected)
+        assert {state for t in store.outbox.counts().values() for state in t} <= {"delivered", "superseded"}
+        assert sandbox.emulator_errors() == []
+        return points.taken
+
+
+def test_a_crash_at_every_step_then_a_rerun_writes_everything_exactly_once(
+    store_factory: Callable[[], Store], mapping: Mapping
+) -> None:
+    steps = crash_trial(store_factory(), mapping, 0, "never")
+    assert steps >= 7  # enqueue, and a write and a mark per target at least
+    for at in range(1, steps + 1):
+        for when in ("before", "after"):
+            crash_trial(store_factory(), mapping, at, when)
+
+
+def test_faults_during_a_push_lose_and_duplicate_nothing(world: World, mapping: Mapping) -> None:
+    for app in world.sandbox.apps.values():
+        app.faults.configure(rate_429=0.1, rate_5xx=0.05, rate_drop=0.03, retry_after_s=0, seed=7)
+    first = push(world.store, world.settings, mapping, MAPPING_PATH)
+    expected = expected_keys(first)
+    for _ in range(5):  # writes that failed after all retries stay queued; later pushes finish them
+        if not world.store.outbox.due():
+            break
+        push(world.store, world.settings, mapping, MAPPING_PATH)
+    for app in world.sandbox.apps.values():
+        app.faults.reset()
+    push(world.store, world.settings, mapping, MAPPING_PATH)
+    injected = sum(sum(app.faults.snapshot()["injected"].values()) for app in world.sandbox.apps.values())
+    assert injected > 5
+    assert world.store.outbox.due() == []
+    assert_exactly_once(world.sandbox, mapping, expected)
+
+
+def test_a_failed_write_keeps_its_error_and_is_retried(world: World, mapping: Mapping) -> None:
+    world.sandbox.apps["jira"].expire_credentials()
+    report = push(world.store, world.settings, mapping, MAPPING_PATH)
+    assert report.targets["jira"].failed > 0 and report.targets["jira"].error
+    failed = world.store.outbox.items(state="failed")
+    assert failed and all(i.target == "jira" and i.last_error for i in failed)
+    world.sandbox.apps["jira"].restore_credentials()  # type: ignore[attr-defined]  # JiraApp has it
+    retry = push(world.store, world.settings, mapping, MAPPING_PATH)
+    assert retry.targets["jira"].delivered == len(failed) and retry.failed == 0
