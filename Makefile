@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench chaos sandbox clean
+.PHONY: demo test lint typecheck unit bench chaos ui sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+chaos: $(STAMP)
+	ACCORD_CHAOS=full $(BIN)/pytest -q tests/chaos
+
+ui: $(STAMP)
+	$(BIN)/python -m flows.ui
 
 sandbox: $(STAMP)
 	$(BIN)/accord sandbox up --size small
