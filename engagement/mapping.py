@@ -16,10 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SUPPORTED_VERSIONS = (1,)
 
-SalesforceName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")]
-JiraFieldId = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
-Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Domain = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")]
+SALESFORCE_NAME = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$"
+JIRA_FIELD_ID = r"^[A-Za-z][A-Za-z0-9_]*$"
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+DOMAIN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$"
+SalesforceName = Annotated[str, Field(pattern=SALESFORCE_NAME)]
+JiraFieldId = Annotated[str, Field(pattern=JIRA_FIELD_ID)]
+Email = Annotated[str, Field(pattern=EMAIL)]
+Domain = Annotated[str, Field(pattern=DOMAIN)]
 LifecycleStage = Literal["initiation", "planning", "execution", "closure"]
 Health = Literal["green", "amber", "red"]
 
@@ -358,6 +362,16 @@ def _line_for(index: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...
     return None
 
 
+PATTERN_WORDS = {
+    SALESFORCE_NAME: "a Salesforce field or object name such as Email or Account.Name (letters, digits, _)",
+    JIRA_FIELD_ID: "a Jira field id such as customfield_10016",
+    EMAIL: "an email address such as jane@client.com",
+    DOMAIN: "a lower-case email domain such as client.com",
+    r"^[A-Z][A-Z0-9_]{1,9}$": "a Jira project key such as WEB (capitals and digits, 2 to 10 characters)",
+    r"^[A-Za-z0-9._-]{1,255}$": "an entity property key (letters, digits, . _ -)",
+}
+
+
 def _describe(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "dict[")))]
     where = ".".join(loc) or "(top level)"
@@ -366,6 +380,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{where}: unknown key (check its spelling and indentation)"
     if error["type"] == "missing":
         return f"{where}: required key is missing"
+    if error["type"] == "string_pattern_mismatch":
+        pattern = str((error.get("ctx") or {}).get("pattern", ""))
+        message = "expected " + PATTERN_WORDS.get(pattern, f"text matching {pattern}")
     expected = (
         f"; got {error['input']!r}"
         if error["type"] not in ("model_type",) and not isinstance(error.get("input"), dict)
