@@ -369,6 +369,15 @@ def chunk_size(target: str, mapping: Mapping) -> int:
     }.get(target, 10)
 
 
+def chunks(items: Sequence[OutboxItem], size: int) -> list[list[OutboxItem]]:
+    """Chunks that map onto the targets' batches: one kind and one calendar per chunk (a Salesforce
+    composite call takes one kind, a Calendar batch one calendar), planned order kept within each."""
+    groups: dict[tuple[str, str], list[OutboxItem]] = defaultdict(list)
+    for item in items:
+        groups[(item.kind, str(item.payload.get("calendar_id") or ""))].append(item)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
 def apply_target(
     target: str, store: Store, settings: AccordSettings, mapping: Mapping, writer_factory: WriterFactory = build_writer
 ) -> TargetReport:
@@ -380,9 +389,7 @@ def apply_target(
         return report
     writer = writer_factory(target, settings, mapping)
     try:
-        size = chunk_size(target, mapping)
-        for start in range(0, len(due), size):
-            chunk = due[start : start + size]
+        for chunk in chunks(due, chunk_size(target, mapping)):
             requests = [WriteRequest(i.key, i.kind, i.payload) for i in chunk]
             report.attempted += len(chunk)
             try:

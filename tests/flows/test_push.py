@@ -197,6 +197,7 @@ def crash_trial(store: Store, mapping: Mapping, at: int, when: str) -> int:
         assert_exactly_once(sandbox, mapping, expected)
         assert {state for t in store.outbox.counts().values() for state in t} <= {"delivered", "superseded"}
         assert sandbox.emulator_errors() == []
+        store.dispose()  # many trials: give the connections back now (PostgreSQL has a client limit)
         return points.taken
 
 

@@ -1,0 +1,91 @@
+"""``python -m benchmarks.run [--sizes small,medium[,large]] [--latency-ms 50]`` (``make bench``).
+
+Each size runs in a fresh child process (so its peak RSS is its own) against a sandbox in a
+process of its own; results go to ``benchmarks/results/latest.json`` and ``latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import run_size
+from benchmarks.report import growth, markdown, targets
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = ("small", "medium", "large")
+
+
+def run_in_child(size: str, latency_ms: float, seed: int) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.run", "--worker", size, "--latency-ms", str(latency_ms)]
+    done = subprocess.run(  # noqa: S603  # our own interpreter and module
+        [*command, "--seed", str(seed)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {size} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def collect(sizes: dict[str, dict[str, Any]], latency_ms: float, seed: int, started_at: str) -> dict[str, Any]:
+    """Per-size figures, growth and targets; the headline keys come from medium (else the largest size)."""
+    primary = "medium" if "medium" in sizes else list(sizes)[-1]
+    main = sizes[primary]
+    return {
+        "started_at": started_at,
+        "latency_ms": latency_ms,
+        "seed": seed,
+        "primary_size": primary,
+        "full_sync_bound_ratio": main["full_sync"]["bound_ratio"],
+        "incremental_calls_ratio": main["incremental_sync"]["calls_ratio"],
+        "push_calls_ratio": main["push"]["calls_ratio"],
+        "targets": targets(sizes, primary),
+        "growth": growth(sizes),
+        "sizes": sizes,
+    }
+
+
+def write(result: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "latest.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (directory / "latest.md").write_text(markdown(result), encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--sizes", default="small,medium", help="comma-separated: small, medium, large")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="latency the sandbox adds to every request")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.md go")
+    parser.add_argument("--worker", choices=SIZES, help=argparse.SUPPRESS)  # one size, JSON on stdout
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.worker:
+        print(json.dumps(run_size(args.worker, latency_ms=args.latency_ms, seed=args.seed)))
+        return 0
+    names = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SIZES]
+    if unknown or not names:
+        parser.error(f"--sizes: expected some of {', '.join(SIZES)}, got {args.sizes!r}")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    sizes: dict[str, dict[str, Any]] = {}
+    for size in sorted(names, key=SIZES.index):
+        print(f"bench: {size} at {args.latency_ms:g} ms ...", file=sys.stderr, flush=True)
+        sizes[size] = run_in_child(size, args.latency_ms, args.seed)
+        full = sizes[size]["full_sync"]
+        print(f"bench: {size}: full sync {full['wall_s']} s (bound {full['bound_s']} s)", file=sys.stderr, flush=True)
+    result = collect(sizes, args.latency_ms, args.seed, started_at)
+    write(result, args.out)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""The benchmark code on the small org with a tiny latency: the structure, and figures that come from
+measurements (the sandbox's request log, the clocks) rather than constants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.measure import APIS, run_size
+from benchmarks.run import collect, write
+
+LATENCY_MS = 2.0
+
+
+@pytest.fixture(scope="module")
+def small() -> dict[str, Any]:
+    return run_size("small", latency_ms=LATENCY_MS, seed=3)
+
+
+def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
+    for phase in ("full_sync", "incremental_sync", "push"):
+        figures = small[phase]
+        for key in ("wall_s", "cpu_s", "peak_rss_mb", "records", "calls", "min_calls", "calls_ratio", "bound_s"):
+            assert key in figures, (phase, key)
+        assert figures["wall_s"] > 0 and figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 0
+        assert set(figures["calls"]) == set(APIS)
+
+
+def test_figures_are_computed_from_the_measurements(small: dict[str, Any]) -> None:
+    full = small["full_sync"]
+    # Calls are the sandbox's counts per endpoint; the totals and ratios follow from them.
+    assert full["calls"]["salesforce"].get("GET query", 0) + full["calls"]["salesforce"].get("GET query_all", 0) >= 6
+    assert full["calls_total"]["all"] == sum(sum(c.values()) for c in full["calls"].values())
+    assert full["calls_ratio"] == round(full["calls_total"]["all"] / full["min_calls_total"]["all"], 3)
+    # The bound is calls x latency / concurrency per API, and the ratio is the measured wall over it.
+    for api in APIS:
+        expected = full["min_calls_total"][api] * LATENCY_MS / 1000 / small["concurrency"][api]
+        assert full["bound_s_by_api"][api] == pytest.approx(expected, abs=1e-3)
+    assert full["bound_ratio"] == round(full["wall_s"] / full["bound_s"], 3)
+    assert full["records_per_cpu_s"] == round(full["records"] / full["cpu_s"], 1)
+    # The records pulled are the org's: Jira issues alone are most of the small org.
+    assert full["records"] >= small["org"]["jira"]["issues"]
+    incremental = small["incremental_sync"]
+    assert incremental["changes"] > 0 and incremental["records"] < full["records"]
+    assert small["push"]["records"] > 0 and small["push"]["failed"] == 0
+
+
+def test_results_files(small: dict[str, Any], tmp_path: Path) -> None:
+    result = collect({"small": small}, LATENCY_MS, 3, "now")
+    write(result, tmp_path)
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert data["full_sync_bound_ratio"] == small["full_sync"]["bound_ratio"]
+    assert data["incremental_calls_ratio"] == small["incremental_sync"]["calls_ratio"]
+    assert data["targets"]["peak_memory_flat_medium_to_large"]["met"] is None
+    table = (tmp_path / "latest.md").read_text()
+    assert "| wall / bound |" in table and "full_sync_within_1.3x_bound" in table
