@@ -391,14 +391,59 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {message}{expected}"
 
 
+MAX_DEPTH = 64  # mappings nest a few levels; deeper input would exhaust the recursive YAML composer
+MAX_VALUES = 100_000  # values after expanding aliases: a few hundred in a real mapping, 9**9 in an alias bomb
+
+
+def _shape_problem(text: str) -> tuple[int, str] | None:
+    """Nesting too deep, or aliases that expand too far, found on the event stream (which does not
+    recurse) before anything that does, with the line where the limit was crossed."""
+    open_counts: list[list[Any]] = []  # per open collection: [anchor, values so far]
+    sizes: dict[str, int] = {}  # anchor -> values it expands to
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(open_counts) >= MAX_DEPTH:
+                return line, f"nested more than {MAX_DEPTH} levels deep"
+            open_counts.append([event.anchor, 1])
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, count = open_counts.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, count = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, count = None, sizes.get(str(event.anchor), 1)
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = count
+        if open_counts:
+            open_counts[-1][1] += count
+            count = open_counts[-1][1]
+        else:
+            total += count
+            count = total
+        if count > MAX_VALUES:
+            return line, f"expands to more than {MAX_VALUES} values (check anchors and aliases)"
+    return None
+
+
 def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
     try:
+        shape = _shape_problem(text)
+        if shape is not None:
+            raise MappingError(path, [shape])
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow: no mark, a position
+            line = text[: exc.position].count("\n") + 1
+            code = exc.character if isinstance(exc.character, int) else None
+            problem = f"unacceptable character #x{code:04x}: {exc.reason}" if code is not None else str(exc.reason)
         raise MappingError(path, [(line, f"not valid YAML: {problem}")]) from None
     if not isinstance(data, dict) or node is None:
         raise MappingError(path, [(1, "expected a YAML mapping with at least `version`, `salesforce` and `identity`")])
@@ -413,11 +458,16 @@ def parse_mapping(text: str, path: str = "<mapping>") -> Mapping:
 def load_mapping(path: str | Path) -> Mapping:
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except OSError as exc:
         raise MappingError(str(file), [(None, f"cannot read the mapping: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise MappingError(str(file), [(None, "the mapping is not UTF-8 text")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise MappingError(
+            str(file), [(line, f"the mapping is not UTF-8 text (byte 0x{raw[exc.start]:02x})")]
+        ) from None
     return parse_mapping(text, str(file))
 
 

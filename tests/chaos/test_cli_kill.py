@@ -1,0 +1,130 @@
+"""The real `accord sync` and `accord push` (Prefect flows on the ephemeral API) killed with SIGKILL
+mid-run, then re-run: the store equals a fault-free full sync's, every write lands exactly once, and
+nothing the commands print (Prefect's logs included) holds a credential. Each process start costs
+~10 s of Prefect start-up, so this is one trial of each; the seeded trials are in test_kill.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engagement.mapping import load_mapping
+from engagement.unify import Snapshot, unify
+from flows.push_engine import PushReport, plan_push
+from sandbox.app import Sandbox, SandboxOptions
+from store import Store
+from tests.chaos.figures import FIGURES, leak_hits, request_log_text, store_texts
+from tests.chaos.support import tally_writes
+from tests.flows.test_push import expected_keys, target_counts
+from tests.flows.test_sync_engine import fresh_full, live
+
+MAPPING_PATH = Path("mappings/default.yaml")
+ROOT = Path(__file__).resolve().parents[2]
+LATENCY_MS = 20.0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in parents.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def reap_orphans(pids: list[int]) -> int:
+    """Kills what a SIGKILLed run left running (Prefect's ephemeral API server); returns how many."""
+    left = [p for p in pids if Path(f"/proc/{p}").exists()]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text() for p in left):
+        assert time.monotonic() < deadline, left
+        time.sleep(0.05)
+    return len(left)
+
+
+def test_kill_9_of_accord_sync_and_push_then_a_rerun(tmp_path: Path) -> None:
+    mapping = load_mapping(MAPPING_PATH)
+    rng = random.Random(6100)
+    url = f"sqlite:///{tmp_path / 'accord.sqlite'}"
+    outputs: dict[str, str] = {}
+    with Sandbox(SandboxOptions(size="small", seed=61)) as sandbox:
+        for app in sandbox.apps.values():
+            app.faults.configure(latency_ms=LATENCY_MS)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCORD_", "PREFECT_"))}
+        env |= {
+            "ACCORD_SANDBOX_CONTROL": str(sandbox.info()["control"]),
+            "ACCORD_DATABASE_URL": url,
+            "PREFECT_HOME": str(tmp_path / "prefect"),
+        }
+
+        def accord(*args: str, kill_after: int | None = None) -> int:
+            n = len(outputs)
+            out_path, err_path = tmp_path / f"{n}.out", tmp_path / f"{n}.err"
+            since = sandbox.log.last_seq
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                    [sys.executable, "-m", "accord", *args], env=env, cwd=ROOT, stdout=out, stderr=err
+                )
+            deadline = time.monotonic() + 300
+            while kill_after is not None and proc.poll() is None and time.monotonic() < deadline:
+                if sandbox.log.last_seq - since >= kill_after:
+                    time.sleep(rng.uniform(0.0, LATENCY_MS / 1000.0))
+                    below = descendants(proc.pid)
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(timeout=60)
+                    time.sleep(0.5)  # give orphans a moment to exit on their own, if they would
+                    FIGURES.add("orphans_left_by_kill", reap_orphans(below))
+                    break
+                time.sleep(0.001)
+            code = proc.wait(timeout=300)
+            outputs[f"accord {args} stdout"] = out_path.read_text(encoding="utf-8", errors="replace")
+            outputs[f"accord {args} stderr"] = err_path.read_text(encoding="utf-8", errors="replace")
+            if kill_after is not None:
+                FIGURES.add("kill_trials")
+                FIGURES.add("kills" if code == -signal.SIGKILL else "kills_missed_finished_first")
+            else:
+                assert code == 0, outputs[f"accord {args} stderr"][-3000:]
+                assert "Traceback" not in outputs[f"accord {args} stderr"]
+            return code
+
+        assert accord("sync", "--full", kill_after=rng.randint(1, 25)) == -signal.SIGKILL
+        assert accord("sync") == 0
+        store = Store(url)
+        truth = fresh_full(sandbox, mapping, tmp_path)
+        assert live(store) == live(truth)
+        now = datetime.now(UTC)
+        assert unify(Snapshot.from_records(store.iter_records()), mapping, now) == unify(
+            Snapshot.from_records(truth.iter_records()), mapping, now
+        )
+        FIGURES.add("records_compared", len(live(truth)))
+        truth.dispose()
+
+        expected = expected_keys(PushReport(plan_push(store, mapping, MAPPING_PATH)))
+        assert accord("push", kill_after=rng.randint(2, 30)) == -signal.SIGKILL
+        assert accord("push") == 0
+        assert tally_writes(sandbox, mapping, expected) == (0, 0)
+        assert {t: set(keys) for t, keys in target_counts(sandbox, mapping).items()} == expected
+        assert {state for t in store.outbox.counts().values() for state in t} <= {"delivered", "superseded"}
+        texts = {**outputs, **store_texts(store), "request log": request_log_text(sandbox)}
+        store.dispose()
+        assert leak_hits(sandbox, texts) == []
+        assert sandbox.emulator_errors() == []
