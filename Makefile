@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench chaos ui sandbox clean
+.PHONY: demo test lint typecheck unit bench chaos ui chromium sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The browser test (tests/ui) drives Debian's headless Chromium; installed when missing.
+chromium:
+	sh scripts/ensure-chromium.sh
+
+unit: $(STAMP) chromium
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

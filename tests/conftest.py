@@ -8,9 +8,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from store import Store
+
+# Property tests explore the same examples on every run: CI results do not depend on luck.
+settings.register_profile("accord", derandomize=True, deadline=None)
+settings.load_profile("accord")
 
 POSTGRES_URL = os.environ.get("ACCORD_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
