@@ -121,6 +121,7 @@ def push_minimum(report: PushReport, mapping: Mapping) -> dict[str, dict[str, in
     comments = sum(1 for i in items if i.target == "jira")
     if comments:
         minimum["jira"]["POST comments.add"] = comments  # Jira has no batch comment API
+        minimum["jira"]["PUT properties.put"] = comments  # the issue asks for the entity property too
     per_calendar = Counter(str(i.payload.get("calendar_id")) for i in items if i.target == "google_calendar")
     if per_calendar:
         size = mapping.push.google_calendar.batch_size

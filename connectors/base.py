@@ -47,6 +47,9 @@ class WriteRequest:
     key: str
     kind: str  # "task" | "opportunity_status" | "jira_status_comment" | "calendar_event"
     payload: dict[str, Any]
+    # True when no earlier attempt of this key can have reached the target (the outbox claims every
+    # attempt before it is made): writers may then skip the look-up that finds an earlier write.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,8 @@ def apply_target(
     writer = writer_factory(target, settings, mapping)
     try:
         for chunk in chunks(due, chunk_size(target, mapping)):
-            requests = [WriteRequest(i.key, i.kind, i.payload) for i in chunk]
+            store.outbox.claim([i.key for i in chunk])
+            requests = [WriteRequest(i.key, i.kind, i.payload, fresh=i.attempts == 0) for i in chunk]
             report.attempted += len(chunk)
             try:
                 results = writer.write(requests)

@@ -145,11 +145,21 @@ class Outbox:
         with self.engine.connect() as conn:
             return [_item(r) for r in conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key))]
 
+    def claim(self, keys: Sequence[str]) -> None:
+        """Count an attempt before it is made, so a crash during the write leaves a trace: the next
+        attempt is then not ``fresh`` and the writers look for what the first one may have written."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.key.in_(list(keys)))
+                .values(attempts=outbox.c.attempts + 1, updated_at=_now())
+            )
+
     def mark(self, deliveries: Sequence[Delivery]) -> None:
         now = _now()
         with self.engine.begin() as conn:
             for d in deliveries:
-                values: dict[str, Any] = {"attempts": outbox.c.attempts + 1, "updated_at": now}
+                values: dict[str, Any] = {"updated_at": now}
                 if d.ok:
                     values |= {
                         "state": "delivered",

@@ -262,7 +262,10 @@ class JiraWriter:
 
         def attempt() -> WriteResult:
             nonlocal sent
-            comment_id, newer = self._find_marker(issue, request.key)
+            if request.fresh and not sent:  # first attempt ever: no earlier comment can carry the marker
+                comment_id, newer = None, set[str]()
+            else:
+                comment_id, newer = self._find_marker(issue, request.key)
             if comment_id is None:
                 sent = True
                 comment_id = self._post_comment(issue, body)

@@ -82,6 +82,7 @@ class _Pending:
     index: int  # position among the requests of this kind
     key: str
     record: dict[str, Any]
+    fresh: bool = False  # first attempt ever (see WriteRequest.fresh)
 
 
 def fit(text: str, limit: int) -> str:
@@ -238,7 +239,7 @@ class SalesforceWriter:
         pending: list[_Pending] = []
         for i, request in enumerate(requests):
             try:
-                pending.append(_Pending(i, request.key, build(request)))
+                pending.append(_Pending(i, request.key, build(request), request.fresh))
             except PayloadError as exc:
                 results[i] = WriteResult(request.key, False, "failed", error=str(exc))
         for batch in self._batches(pending, distinct=distinct):
@@ -308,7 +309,8 @@ class SalesforceWriter:
         return self._run_batches("Tasks", requests, self._task_record, lambda p: p.key, self._send_tasks)
 
     def _send_tasks(self, batch: list[_Pending]) -> dict[int, WriteResult]:
-        existing = self._existing_tasks([p.key for p in batch])
+        # A key never attempted before cannot exist yet: the look-up is only for repeated attempts.
+        existing = {} if all(p.fresh for p in batch) else self._existing_tasks([p.key for p in batch])
         results: dict[int, WriteResult] = {}
         missing: list[_Pending] = []
         for p in batch:
