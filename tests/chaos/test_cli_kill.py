@@ -73,12 +73,18 @@ def test_kill_9_of_accord_sync_and_push_then_a_rerun(tmp_path: Path) -> None:
         env |= {
             "ACCORD_SANDBOX_CONTROL": str(sandbox.info()["control"]),
             "ACCORD_DATABASE_URL": url,
-            "PREFECT_HOME": str(tmp_path / "prefect"),
+            # Prefect's ephemeral server sends a telemetry heartbeat that, under this test's load,
+            # loses a race for its own SQLite file and logs a traceback; it is not Accord's output.
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
 
         def accord(*args: str, kill_after: int | None = None) -> int:
             n = len(outputs)
             out_path, err_path = tmp_path / f"{n}.out", tmp_path / f"{n}.err"
+            # Each run gets its own Prefect home: Prefect's ephemeral API state is disposable (Accord's
+            # state is in ACCORD_DATABASE_URL), and a killed run's orphaned server may still hold the
+            # old one's SQLite lock, which makes Prefect's own telemetry print tracebacks.
+            env["PREFECT_HOME"] = str(tmp_path / f"prefect-{n}")
             since = sandbox.log.last_seq
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
