@@ -116,7 +116,7 @@ class LocalPrefect:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  # closed with the process in stop()
         self.processes.append(
-            subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+            subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603 (our own commands: prefect and the accord CLI)
         )
         log.close()  # the child holds its own descriptor
 
