@@ -323,6 +323,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------------------
+def store_options(parser: argparse.ArgumentParser, *, mapping: bool = True) -> None:
+    if mapping:
+        parser.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
+    parser.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="accord",
@@ -414,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--full", action="store_true", help="re-read everything instead of continuing")
     sync.add_argument("--json", action="store_true", help="print the run's report as JSON")
-    sync.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
-    sync.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+    store_options(sync)
     sync.set_defaults(func=_sync)
 
     status = commands.add_parser(
@@ -425,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="a JSON list of engagement objects")
     status.add_argument("--health", action="append", choices=("green", "amber", "red"), help="only these")
-    status.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+    store_options(status, mapping=False)
     status.set_defaults(func=_status)
 
     plan = commands.add_parser(
@@ -434,8 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan status updates and reminders from the stored engagements. Writes nothing.",
     )
     plan.add_argument("--json", action="store_true", help='print {"actions": [...], "left_alone": [...]}')
-    plan.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
-    plan.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+    store_options(plan)
     plan.set_defaults(func=_plan)
 
     push = commands.add_parser(
@@ -444,8 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan, queue in the outbox, and apply (one Prefect flow run). Failed writes are retried next run.",
     )
     push.add_argument("--json", action="store_true", help="print the run's report as JSON")
-    push.add_argument("--mapping", help="mapping YAML (default $ACCORD_MAPPING or mappings/default.yaml)")
-    push.add_argument("--database-url", help="store URL (default $ACCORD_DATABASE_URL or .accord/accord.sqlite)")
+    store_options(push)
     push.set_defaults(func=_push)
 
     mappings = commands.add_parser(

@@ -148,6 +148,47 @@ def build_service(
     )
 
 
+class ServicePool:
+    """Calendar services, one per thread (httplib2 is not thread-safe) and delegated user; ``close``
+    reaches every service built, on any thread. Shared by the reader and the writer."""
+
+    def __init__(self, settings: GoogleCalendarSettings, scopes: tuple[str, ...] = (READONLY_SCOPE,)) -> None:
+        self.settings = settings
+        self.scopes = scopes
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+
+    def get(self, subject: str | None = None) -> Any:
+        services: dict[str | None, Any] | None = getattr(self._local, "services", None)
+        if services is None:
+            services = self._local.services = {}
+        found = services.get(subject)
+        if found is None:
+            try:
+                found = build_service(self.settings, subject=subject, scopes=self.scopes)
+            except ConnectorError:
+                raise
+            except Exception as exc:
+                raise classify(exc, "build the Calendar client") from exc
+            services[subject] = found
+            with self._lock:
+                self._open.append(found)
+        return found
+
+    @property
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def close(self) -> None:
+        with self._lock:
+            services, self._open = self._open, []
+        for service in services:
+            service.close()
+        self._local = threading.local()
+
+
 @dataclass(frozen=True)
 class EventsPage:
     items: list[dict[str, Any]]
@@ -162,31 +203,12 @@ class CalendarConnector:
     def __init__(self, settings: GoogleCalendarSettings, mapping: Mapping) -> None:
         self.settings = settings
         self.mapping = mapping
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[Any] = []  # every service built, on any thread, so close() reaches them all
+        self._services = ServicePool(settings)
 
     # -- client ----------------------------------------------------------------------------------------
-    def _build(self, subject: str | None) -> Any:
-        service = build_service(self.settings, subject=subject)
-        with self._lock:
-            self._open.append(service)
-        return service
-
     def service(self, subject: str | None = None) -> Any:
-        """The Calendar service of this thread (httplib2 is not thread-safe), per delegated user."""
-        services: dict[str | None, Any] | None = getattr(self._local, "services", None)
-        if services is None:
-            services = self._local.services = {}
-        found = services.get(subject)
-        if found is None:
-            try:
-                found = services[subject] = self._build(subject)
-            except ConnectorError:
-                raise
-            except Exception as exc:
-                raise classify(exc, "build the Calendar client") from exc
-        return found
+        """The Calendar service of this thread, per delegated user."""
+        return self._services.get(subject)
 
     def _subject(self, calendar_id: str) -> str | None:
         return calendar_id if self.settings.delegate_per_calendar else None
@@ -203,12 +225,13 @@ class CalendarConnector:
 
         return call_with_retry(self.settings.retry, attempt)
 
+    @property
+    def open_services(self) -> int:
+        """Services built and not yet closed (the engine closes every connector it builds)."""
+        return self._services.open_count
+
     def close(self) -> None:
-        with self._lock:
-            services, self._open = self._open, []
-        for service in services:
-            service.close()
-        self._local = threading.local()
+        self._services.close()
 
     # -- calendars -------------------------------------------------------------------------------------
     def calendar_ids(self) -> list[str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,8 +45,8 @@ from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from connectors.base import WriteRequest, WriteResult
-from connectors.errors import AuthError, ConnectorError, QuotaExhaustedError, TransientError
-from connectors.google_calendar.connector import build_service
+from connectors.errors import AuthError, QuotaExhaustedError, TransientError
+from connectors.google_calendar.connector import ServicePool
 from connectors.google_calendar.credentials import EVENTS_SCOPE
 from connectors.google_calendar.errors import SOURCE, classify, reasons
 from connectors.retry import call_with_retry
@@ -176,38 +175,18 @@ class CalendarWriter:
         self.settings = settings
         self.mapping = mapping
         self.batch_uri = batch_uri(settings.api_endpoint)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[Any] = []
+        self._services = ServicePool(settings, scopes=SCOPES)
 
     # -- client ----------------------------------------------------------------------------------------
     def service(self, subject: str | None = None) -> Any:
-        """This thread's Calendar service (httplib2 is not thread-safe), per delegated user."""
-        services: dict[str | None, Any] | None = getattr(self._local, "services", None)
-        if services is None:
-            services = self._local.services = {}
-        found = services.get(subject)
-        if found is None:
-            try:
-                found = build_service(self.settings, subject=subject, scopes=SCOPES)
-            except ConnectorError:
-                raise
-            except Exception as exc:
-                raise classify(exc, "build the Calendar client") from exc
-            services[subject] = found
-            with self._lock:
-                self._open.append(found)
-        return found
+        """This thread's Calendar service, per delegated user."""
+        return self._services.get(subject)
 
     def _subject(self, calendar_id: str) -> str | None:
         return calendar_id if self.settings.delegate_per_calendar else None
 
     def close(self) -> None:
-        with self._lock:
-            services, self._open = self._open, []
-        for service in services:
-            service.close()
-        self._local = threading.local()
+        self._services.close()
 
     # -- writes ----------------------------------------------------------------------------------------
     def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:

@@ -548,7 +548,7 @@ def test_stale_token_resyncs_that_calendar_alone_through_the_engine(
         assert set(tokens) == set(calendars) and all(v and v.startswith("C") for v in tokens.values())
     finally:
         store.dispose()
-    assert connectors and all(not c._open for c in connectors)  # closed by the engine
+    assert connectors and all(c.open_services == 0 for c in connectors)  # closed by the engine
 
 
 # -- credentials -----------------------------------------------------------------------------------------

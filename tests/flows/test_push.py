@@ -17,16 +17,15 @@ import pytest
 
 from accord.settings import AccordSettings
 from connectors.base import TargetWriter, WriteRequest, WriteResult
-from connectors.retry import RetrySettings
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import run_sync
 from flows.push_engine import PushReport, build_writer, plan_push, push
 from sandbox.app import Sandbox, SandboxOptions
 from sandbox.jira.adf import document_to_text
 from store import Store
+from tests.sandbox_settings import settings_for
 
 MAPPING_PATH = Path("mappings/default.yaml")
-FAST = RetrySettings(max_attempts=8, base_wait_s=0.0, max_wait_s=0.05)
 
 
 class SimulatedCrash(BaseException):
@@ -36,18 +35,6 @@ class SimulatedCrash(BaseException):
 @pytest.fixture(scope="module")
 def mapping() -> Mapping:
     return load_mapping(MAPPING_PATH)
-
-
-def settings_for(sandbox: Sandbox, url: str) -> AccordSettings:
-    s = AccordSettings(database_url=url).with_sandbox(sandbox.info())
-    assert s.salesforce and s.jira and s.google_calendar
-    return s.model_copy(
-        update={
-            "salesforce": s.salesforce.model_copy(update={"retry": FAST}),
-            "jira": s.jira.model_copy(update={"retry": FAST}),
-            "google_calendar": s.google_calendar.model_copy(update={"retry": FAST}),
-        }
-    )
 
 
 @dataclass

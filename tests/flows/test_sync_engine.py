@@ -14,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from accord.settings import AccordSettings
-from connectors.retry import RetrySettings
 from engagement.mapping import Mapping, load_mapping
 from engagement.unify import Snapshot, unify
 from flows.engine import run_sync
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
+from tests.sandbox_settings import settings_for
 
 ROUNDS = int(os.environ.get("ACCORD_TEST_SYNC_ROUNDS", "6"))
-FAST = RetrySettings(max_attempts=8, base_wait_s=0.0, max_wait_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +34,6 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def mapping() -> Mapping:
     return load_mapping("mappings/default.yaml")
-
-
-def settings_for(sandbox: Sandbox, url: str) -> AccordSettings:
-    s = AccordSettings(database_url=url).with_sandbox(sandbox.info())
-    assert s.salesforce and s.jira and s.google_calendar
-    return s.model_copy(
-        update={
-            "salesforce": s.salesforce.model_copy(update={"retry": FAST}),
-            "jira": s.jira.model_copy(update={"retry": FAST}),
-            "google_calendar": s.google_calendar.model_copy(update={"retry": FAST}),
-        }
-    )
 
 
 def live(store: Store) -> dict[tuple[str, str, str], object]:
