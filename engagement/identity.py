@@ -82,6 +82,16 @@ class IdentityIndex:
         # A domain claimed by several clients (a shared provider) identifies none of them.
         self._domains = {d: next(iter(ids)) for d, ids in owners.items() if len(ids) == 1}
 
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Normalized alias -> normalized address."""
+        return self._aliases
+
+    @property
+    def domains(self) -> dict[str, str]:
+        """Client domain -> the one account that claims it."""
+        return self._domains
+
     def normalize(self, email: str) -> str:
         return normalize_email(email, self.identity, self._aliases)
 

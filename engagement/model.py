@@ -6,7 +6,7 @@ the CLI can print them and tests can compare two of them for equality.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -18,6 +18,14 @@ SEVERITY_ORDER: dict[str, int] = {"info": 0, "amber": 1, "red": 2}
 
 
 def _jsonable(value: Any) -> Any:
+    """The JSON form of a model value: dataclasses as dicts of their fields, dates as ISO text.
+
+    A direct walk (``dataclasses.asdict`` deep-copies every leaf first: it was most of the cost
+    of storing the engagements of a large org)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, date):
@@ -121,7 +129,7 @@ class Engagement:
     health: EngagementHealth
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = _jsonable(self)
         data["reasons"] = [r.text for r in self.health.reasons]
         data["health_level"] = self.health.level
         return data

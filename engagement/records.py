@@ -9,6 +9,7 @@ API's wire format.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -244,3 +245,60 @@ class CalendarEvent:
             organizer=_str(d, "organizer"),
             recurring_event_id=_str(d, "recurring_event_id"),
         )
+
+
+# -- lookup keys ---------------------------------------------------------------------------------------
+# The store indexes each live issue and meeting under these keys so unify can read the records of one
+# group of clients without reading the whole store. A key set may select more than a group needs (unify
+# resolves every address exactly); it must never select less.
+LOOKUP_STREAMS = (("jira", "issues"), ("google_calendar", "events"))
+MEETING_MARK = "x:"  # every countable meeting has it, so meetings without any attendee are found too
+KEY_LIMIT = 400  # the store's key column
+UNFAITHFUL = "u:"  # a meeting with an address its "e:" key does not reproduce exactly: read it in full
+
+
+def fit_key(key: str) -> str:
+    """Keys longer than the column become their prefix and a digest (the query side does the same)."""
+    if len(key) <= KEY_LIMIT:
+        return key
+    return key[:2] + "#" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def address_keys(email: str) -> set[str]:
+    """``e:`` the address as written (case-folded), ``s:`` without its plus tag, ``d:`` its domain."""
+    address = _plain_address(email)
+    keys = {"e:" + address}
+    if _plain_address(address) != address or len(address) + 2 > KEY_LIMIT:
+        keys.add(UNFAITHFUL)
+    if "@" in address:
+        local, _, domain = address.rpartition("@")
+        if "+" in local:
+            keys.add(f"s:{local.split('+', 1)[0]}@{domain}")
+        keys.add("d:" + domain)
+    return {fit_key(k) for k in keys}
+
+
+def _plain_address(email: str) -> str:
+    """The first step of ``engagement.identity.normalize_email`` (no mapping involved)."""
+    return email.strip().strip("<>").casefold()
+
+
+def project_key(project: str) -> str:
+    return fit_key("p:" + project.upper())
+
+
+def lookup_keys(record: SourceRecord) -> set[str]:
+    """The keys of a live issue (its project) or meeting (its attendees); none for anything else."""
+    if record.deleted:
+        return set()
+    if record.source == "jira" and record.stream == "issues":
+        return {project_key(str(record.data.get("project")))}
+    if record.source == "google_calendar" and record.stream == "events":
+        event = CalendarEvent.from_record(record)
+        if event is None or event.status == "cancelled":
+            return set()
+        keys = {MEETING_MARK}
+        for attendee in event.attendees:
+            keys |= address_keys(attendee.email)
+        return keys
+    return set()

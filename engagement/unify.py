@@ -109,28 +109,70 @@ def _mentions(summary: str, opportunity: Opportunity, project: str | None) -> bo
     return opportunity.name.casefold() in summary.casefold()
 
 
+@dataclass
+class Reference:
+    """The CRM side every group of clients needs: who is who (all accounts, contacts and users, for
+    identity) and which engagements exist. Small next to the issues and meetings."""
+
+    accounts: dict[str, Account]
+    contacts: dict[str, Contact]
+    users: dict[str, CrmUser]
+    opportunities: list[Opportunity]  # sorted by id
+    roles_by_opportunity: dict[str, list[ContactRole]]
+    project: dict[str, str | None]  # opportunity id -> linked Jira project
+    index: IdentityIndex
+
+    @classmethod
+    def build(cls, snapshot: Snapshot, mapping: Mapping) -> Reference:
+        accounts = {a.id: a for a in sorted(snapshot.accounts, key=lambda a: a.id)}
+        contacts = {c.id: c for c in sorted(snapshot.contacts, key=lambda c: c.id)}
+        users = {u.id: u for u in sorted(snapshot.users, key=lambda u: u.id)}
+        opportunities = sorted(snapshot.opportunities, key=lambda o: o.id)
+        roles_by_opportunity: dict[str, list[ContactRole]] = defaultdict(list)
+        for role in sorted(snapshot.roles, key=lambda r: r.id):
+            roles_by_opportunity[role.opportunity_id].append(role)
+        return cls(
+            accounts=accounts,
+            contacts=contacts,
+            users=users,
+            opportunities=opportunities,
+            roles_by_opportunity=roles_by_opportunity,
+            project={o.id: _project_for(o, mapping) for o in opportunities},
+            index=IdentityIndex(mapping.identity, accounts.values(), contacts.values(), users.values()),
+        )
+
+
 class _Unifier:
-    def __init__(self, snapshot: Snapshot, mapping: Mapping, now: datetime) -> None:
+    """The engagements of ``opportunities`` from the issues and meetings given (which may be more
+    than these engagements need). ``reports_for(account_ids)`` says whether a meeting with
+    attendees of several clients is reported here: one group of clients reports each such meeting."""
+
+    def __init__(
+        self,
+        reference: Reference,
+        opportunities: Iterable[Opportunity],
+        issues: Iterable[WorkItem],
+        events: Iterable[CalendarEvent],
+        mapping: Mapping,
+        now: datetime,
+        reports_for: Callable[[list[str]], bool] | None = None,
+    ) -> None:
         self.mapping = mapping
         self.now = now
-        self.accounts = {a.id: a for a in sorted(snapshot.accounts, key=lambda a: a.id)}
-        self.contacts = {c.id: c for c in sorted(snapshot.contacts, key=lambda c: c.id)}
-        self.users = {u.id: u for u in sorted(snapshot.users, key=lambda u: u.id)}
-        self.opportunities = sorted(snapshot.opportunities, key=lambda o: o.id)
-        self.roles = sorted(snapshot.roles, key=lambda r: r.id)
-        self.issues = sorted(snapshot.issues, key=lambda i: i.id)
-        self.events = sorted(snapshot.events, key=lambda e: (e.start, e.id, e.calendar))
-        self.index = IdentityIndex(
-            mapping.identity, self.accounts.values(), self.contacts.values(), self.users.values()
-        )
-        self.project = {o.id: _project_for(o, mapping) for o in self.opportunities}
+        self.accounts = reference.accounts
+        self.contacts = reference.contacts
+        self.users = reference.users
+        self.index = reference.index
+        self.project = reference.project
+        self.roles_by_opportunity = reference.roles_by_opportunity
+        self.opportunities = sorted(opportunities, key=lambda o: o.id)
+        self.issues = sorted(issues, key=lambda i: i.id)
+        self.events = sorted(events, key=lambda e: (e.start, e.id, e.calendar))
+        self.reports_for = reports_for or (lambda accounts: True)
         self.by_account: dict[str, list[Opportunity]] = defaultdict(list)
         for o in self.opportunities:
             if o.account_id:
                 self.by_account[o.account_id].append(o)
-        self.roles_by_opportunity: dict[str, list[ContactRole]] = defaultdict(list)
-        for role in self.roles:
-            self.roles_by_opportunity[role.opportunity_id].append(role)
 
     # -- meetings ----------------------------------------------------------------------------------
     def attribute_meetings(self) -> tuple[dict[str, list[_Attribution]], list[AmbiguousMeeting], int]:
@@ -151,6 +193,8 @@ class _Unifier:
                 continue
             accounts = sorted({m.account_id for m, _ in matches if m.account_id})
             if len(accounts) > 1:
+                if not self.reports_for(accounts):
+                    continue
                 ambiguous.append(
                     AmbiguousMeeting(
                         event.id,
@@ -360,7 +404,7 @@ class _Unifier:
         for issue in self.issues:
             issues_by_project[issue.project.upper()].append(issue)
         attributed, ambiguous, internal = self.attribute_meetings()
-        linked_projects = {p for p in self.project.values() if p}
+        linked_projects = {p for p in self.project.values() if p}  # of every engagement, not only these
         engagements = []
         unknown: dict[str, _UnknownAccumulator] = {}
         for opportunity in self.opportunities:
@@ -426,4 +470,19 @@ class _Unifier:
 
 def unify(snapshot: Snapshot, mapping: Mapping, now: datetime) -> UnifiedView:
     """The engagement model of everything in ``snapshot`` as of ``now`` (aware UTC)."""
-    return _Unifier(snapshot, mapping, now).run()
+    reference = Reference.build(snapshot, mapping)
+    return _Unifier(reference, reference.opportunities, snapshot.issues, snapshot.events, mapping, now).run()
+
+
+def unify_group(
+    reference: Reference,
+    opportunities: Iterable[Opportunity],
+    issues: Iterable[WorkItem],
+    events: Iterable[CalendarEvent],
+    mapping: Mapping,
+    now: datetime,
+    reports_for: Callable[[list[str]], bool],
+) -> UnifiedView:
+    """The engagements of one group of clients (see ``engagement.partition``). Its
+    ``issues_without_engagement`` and ``meetings_internal`` only count what it was given."""
+    return _Unifier(reference, opportunities, issues, events, mapping, now, reports_for).run()

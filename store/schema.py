@@ -25,6 +25,18 @@ records = Table(
 )
 Index("ix_records_partition", records.c.source, records.c.stream, records.c.partition)
 
+# Lookup keys of live records (``engagement.records.lookup_keys``): issues by project, events by
+# attendee address and domain, so unify reads one group of clients' records, never the whole store.
+record_keys = Table(
+    "record_keys",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("stream", String(64), primary_key=True),
+    Column("id", String(255), primary_key=True),
+    Column("key", String(400), primary_key=True),
+)
+Index("ix_record_keys_key", record_keys.c.source, record_keys.c.stream, record_keys.c.key)
+
 cursors = Table(
     "cursors",
     metadata,
@@ -41,6 +53,7 @@ engagements = Table(
     Column("id", String(255), primary_key=True),
     Column("name", Text, nullable=False),
     Column("client", Text, nullable=False),
+    Column("client_id", String(255), nullable=True),  # the Account: which partition the engagement is in
     Column("health", String(8), nullable=False),
     Column("stage", String(16), nullable=False),
     Column("digest", String(64), nullable=False),

@@ -10,20 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, tuple_, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, inspect, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from engagement.model import UnifiedView
-from engagement.records import SourceRecord, iso, parse_datetime
+from engagement.records import LOOKUP_STREAMS, SourceRecord, iso, lookup_keys, parse_datetime
 from store.outbox import Outbox
-from store.schema import cursors, engagements, metadata, records, sync_runs
+from store.schema import cursors, engagements, metadata, record_keys, records, sync_runs
 
 BATCH_LOOKUP = 500  # ids per IN (...) lookup: well under SQLite's variable limit
 
@@ -43,6 +43,10 @@ class CursorUpdate:
     stream: str
     partition: str
     value: str | None
+
+
+# A cursor row saying which version of ``lookup_keys`` the stored keys were made by.
+KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "1")
 
 
 @dataclass
@@ -92,7 +96,28 @@ class Store:
         self.outbox = Outbox(self.engine, self._insert())
 
     def create_all(self) -> None:
+        """Create missing tables; bring a store made by an earlier version up to date."""
         metadata.create_all(self.engine)
+        columns = {c["name"] for c in inspect(self.engine).get_columns("engagements")}
+        if "client_id" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE engagements ADD COLUMN client_id VARCHAR(255)"))
+        if self.get_cursor(KEYS_VERSION.source, KEYS_VERSION.stream) != KEYS_VERSION.value:
+            self.rebuild_lookup_keys()
+
+    def rebuild_lookup_keys(self) -> None:
+        """Recompute the lookup keys of every live issue and meeting (a store from before they existed)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(record_keys))
+            for source, stream in LOOKUP_STREAMS:
+                keyed: dict[str, set[str]] = {}
+                for record in self.iter_records(source, stream):  # read on its own connection, streamed
+                    keyed[record.id] = lookup_keys(record)
+                    if len(keyed) >= BATCH_LOOKUP * 4:
+                        self._replace_keys(conn, source, stream, (), keyed)
+                        keyed = {}
+                self._replace_keys(conn, source, stream, (), keyed)
+            self._write_cursor(conn, KEYS_VERSION)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -109,51 +134,48 @@ class Store:
         result = BatchResult()
         if not batch:
             return result
-        latest: dict[tuple[str, str, str], SourceRecord] = {}
+        streams: dict[tuple[str, str], dict[str, SourceRecord]] = {}
         for record in batch:  # the last version of an id within a batch wins
-            latest[(record.source, record.stream, record.id)] = record
-        keys = list(latest)
-        existing: dict[tuple[str, str, str], tuple[str, bool]] = {}
-        for start in range(0, len(keys), BATCH_LOOKUP):
-            chunk = keys[start : start + BATCH_LOOKUP]
-            rows = conn.execute(
-                select(records.c.source, records.c.stream, records.c.id, records.c.digest, records.c.deleted).where(
-                    tuple_(records.c.source, records.c.stream, records.c.id).in_(chunk)
-                )
-            )
-            for row in rows:
-                existing[(row.source, row.stream, row.id)] = (row.digest, row.deleted)
+            streams.setdefault((record.source, record.stream), {})[record.id] = record
         stored_at = _now()
-        rows_to_write = []
-        for key, record in latest.items():
-            digest = _digest([record.data, record.deleted, record.partition])
-            before = existing.get(key)
-            if before is not None and before[0] == digest:
-                result.unchanged += 1
-                continue
-            if before is None:
-                if record.deleted:
-                    result.unchanged += 1  # a tombstone for something never stored: keep it, count nothing
+        for (source, stream), latest in streams.items():
+            existing = self._existing(conn, source, stream, list(latest))
+            rows_to_write = []
+            keyed: dict[str, set[str]] = {}
+            refresh: list[str] = []  # stored ids whose lookup keys are replaced
+            for record_id, record in latest.items():
+                digest = _digest([record.data, record.deleted, record.partition])
+                before = existing.get(record_id)
+                if before is not None and before[0] == digest:
+                    result.unchanged += 1
+                    continue
+                if before is None:
+                    if record.deleted:
+                        result.unchanged += 1  # a tombstone for something never stored: keep it, count nothing
+                    else:
+                        result.inserted += 1
+                elif record.deleted and not before[1]:
+                    result.deleted += 1
                 else:
-                    result.inserted += 1
-            elif record.deleted and not before[1]:
-                result.deleted += 1
-            else:
-                result.updated += 1
-            rows_to_write.append(
-                {
-                    "source": record.source,
-                    "stream": record.stream,
-                    "id": record.id,
-                    "partition": record.partition,
-                    "updated_at": iso(record.updated_at),
-                    "deleted": record.deleted,
-                    "digest": digest,
-                    "data": record.data,
-                    "stored_at": stored_at,
-                }
-            )
-        if rows_to_write:
+                    result.updated += 1
+                if before is not None:
+                    refresh.append(record_id)
+                keyed[record_id] = lookup_keys(record)
+                rows_to_write.append(
+                    {
+                        "source": source,
+                        "stream": stream,
+                        "id": record_id,
+                        "partition": record.partition,
+                        "updated_at": iso(record.updated_at),
+                        "deleted": record.deleted,
+                        "digest": digest,
+                        "data": record.data,
+                        "stored_at": stored_at,
+                    }
+                )
+            if not rows_to_write:
+                continue
             statement = self._insert()(records)
             statement = statement.on_conflict_do_update(
                 index_elements=[records.c.source, records.c.stream, records.c.id],
@@ -163,7 +185,43 @@ class Store:
                 },
             )
             conn.execute(statement, rows_to_write)
+            if (source, stream) in LOOKUP_STREAMS:
+                self._replace_keys(conn, source, stream, refresh, keyed)
         return result
+
+    def _existing(self, conn: Connection, source: str, stream: str, ids: list[str]) -> dict[str, tuple[str, bool]]:
+        """Digest and deleted flag of the stored ones among ``ids``."""
+        existing: dict[str, tuple[str, bool]] = {}
+        for start in range(0, len(ids), BATCH_LOOKUP):
+            rows = conn.execute(
+                select(records.c.id, records.c.digest, records.c.deleted).where(
+                    records.c.source == source,
+                    records.c.stream == stream,
+                    records.c.id.in_(ids[start : start + BATCH_LOOKUP]),
+                )
+            )
+            for row in rows:
+                existing[row.id] = (row.digest, row.deleted)
+        return existing
+
+    def _replace_keys(
+        self, conn: Connection, source: str, stream: str, stale: Sequence[str], keyed: dict[str, set[str]]
+    ) -> None:
+        for start in range(0, len(stale), BATCH_LOOKUP):
+            conn.execute(
+                delete(record_keys).where(
+                    record_keys.c.source == source,
+                    record_keys.c.stream == stream,
+                    record_keys.c.id.in_(stale[start : start + BATCH_LOOKUP]),
+                )
+            )
+        rows = [
+            {"source": source, "stream": stream, "id": record_id, "key": key}
+            for record_id, keys in keyed.items()
+            for key in sorted(keys)
+        ]
+        if rows:
+            conn.execute(record_keys.insert(), rows)
 
     def _write_cursor(self, conn: Connection, cursor: CursorUpdate) -> None:
         statement = self._insert()(cursors).values(
@@ -215,6 +273,8 @@ class Store:
                     .where(records.c.source == source, records.c.stream == stream, records.c.id.in_(chunk))
                     .values(deleted=True, updated_at=when, digest="reconciled-deleted", stored_at=_now())
                 )
+                if (source, stream) in LOOKUP_STREAMS:
+                    self._replace_keys(conn, source, stream, chunk, {})
                 marked += len(chunk)
             if cursor is not None:
                 self._write_cursor(conn, cursor)
@@ -247,7 +307,11 @@ class Store:
             conn.execute(statement)
 
     def iter_records(
-        self, source: str | None = None, stream: str | None = None, *, include_deleted: bool = False
+        self,
+        source: str | None = None,
+        stream: str | None = None,
+        *,
+        include_deleted: bool = False,
     ) -> Iterator[SourceRecord]:
         """Stream stored records in key order without loading them all at once."""
         query = select(records).order_by(records.c.source, records.c.stream, records.c.id)
@@ -259,16 +323,68 @@ class Store:
             query = query.where(records.c.deleted.is_(False))
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=2000).execute(query)
-            for row in result:
-                yield SourceRecord(
-                    source=row.source,
-                    stream=row.stream,
-                    id=row.id,
-                    updated_at=parse_datetime(row.updated_at) or datetime.min.replace(tzinfo=UTC),
-                    data=row.data,
-                    deleted=row.deleted,
-                    partition=row.partition,
+            for rows in result.partitions():
+                yield from _rows_to_records(rows)
+
+    def records_by_keys(self, source: str, stream: str, keys: Iterable[str]) -> Iterator[SourceRecord]:
+        """Live records of one stream with any of ``keys`` (``engagement.records.lookup_keys``), each once."""
+        wanted = sorted(set(keys))
+        seen: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), BATCH_LOOKUP):
+                matching = (
+                    select(record_keys.c.id)
+                    .where(
+                        record_keys.c.source == source,
+                        record_keys.c.stream == stream,
+                        record_keys.c.key.in_(wanted[start : start + BATCH_LOOKUP]),
+                    )
+                    .distinct()
                 )
+                query = select(records).where(
+                    records.c.source == source,
+                    records.c.stream == stream,
+                    records.c.deleted.is_(False),
+                    records.c.id.in_(matching),
+                )
+                rows = [row for row in conn.execute(query) if row.id not in seen]
+                seen.update(row.id for row in rows)
+                yield from _rows_to_records(rows)
+
+    def record_by_id(self, source: str, stream: str, record_id: str) -> SourceRecord | None:
+        query = select(records).where(records.c.source == source, records.c.stream == stream, records.c.id == record_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).fetchall()
+        return next(_rows_to_records(rows), None)
+
+    def iter_keys(self, source: str, stream: str, prefixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+        """(record id, key) of one stream for keys starting with any of ``prefixes``, by record id."""
+        query = (
+            select(record_keys.c.id, record_keys.c.key)
+            .where(
+                record_keys.c.source == source,
+                record_keys.c.stream == stream,
+                or_(*(record_keys.c.key.startswith(p, autoescape=True) for p in prefixes)),
+            )
+            .order_by(record_keys.c.id, record_keys.c.key)
+        )
+        with self.engine.connect() as conn:
+            for rows in conn.execution_options(yield_per=5000).execute(query).partitions():
+                yield from ((row.id, row.key) for row in rows)
+
+    def key_counts(self, source: str, stream: str, prefix: str) -> dict[str, int]:
+        """Records per key, for keys starting with ``prefix``."""
+        query = (
+            select(record_keys.c.key, func.count())
+            .where(
+                record_keys.c.source == source,
+                record_keys.c.stream == stream,
+                record_keys.c.key.startswith(prefix, autoescape=True),
+            )
+            .group_by(record_keys.c.key)
+        )
+        with self.engine.connect() as conn:
+            return {key: int(n) for key, n in conn.execute(query)}
 
     def record_ids(self, source: str, stream: str, partition: str | None = None) -> set[str]:
         query = select(records.c.id).where(
@@ -380,6 +496,19 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
             return [dict(row._mapping) for row in rows]
+
+
+def _rows_to_records(rows: Sequence[Any]) -> Iterator[SourceRecord]:
+    for row in rows:
+        yield SourceRecord(
+            source=row.source,
+            stream=row.stream,
+            id=row.id,
+            updated_at=parse_datetime(row.updated_at) or datetime.min.replace(tzinfo=UTC),
+            data=row.data,
+            deleted=row.deleted,
+            partition=row.partition,
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
