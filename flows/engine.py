@@ -20,8 +20,8 @@ from connectors.base import SourceConnector, WorkUnit
 from connectors.incremental import Batch
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
+from engagement.partition import load_reference, org_counts, partition_of, unify_groups
 from engagement.records import iso, parse_datetime
-from engagement.unify import Snapshot, unify
 from store import BatchResult, CursorUpdate, HealthChange, Store
 
 log = logging.getLogger("accord.sync")
@@ -68,11 +68,38 @@ class SourceReport:
 
 
 @dataclass
+class ViewSummary:
+    """What a run learned about the engagements, without holding them: counts, and one short row
+    per engagement for the run's table (``Engagement.summary_json``)."""
+
+    engagements: int = 0
+    health: dict[str, int] = field(default_factory=lambda: {"green": 0, "amber": 0, "red": 0})
+    unknown_stakeholders: int = 0
+    ambiguous_meetings: int = 0
+    issues_without_engagement: int = 0
+    meetings_internal: int = 0
+    groups: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, view: UnifiedView) -> None:
+        self.groups += 1
+        self.engagements += len(view.engagements)
+        for e in view.engagements:
+            self.health[e.health.level] += 1
+            self.rows.append(e.summary_json())
+        self.unknown_stakeholders += len(view.unknown_stakeholders)
+        self.ambiguous_meetings += len(view.ambiguous_meetings)
+
+    def health_counts(self) -> dict[str, int]:
+        return dict(self.health)
+
+
+@dataclass
 class SyncReport:
     started_at: datetime
     full: bool
     sources: dict[str, SourceReport] = field(default_factory=dict)
-    view: UnifiedView | None = None
+    view: ViewSummary | None = None
     health_changes: list[HealthChange] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -97,10 +124,12 @@ class SyncReport:
                 }
                 for name, report in sorted(self.sources.items())
             },
-            "engagements": len(view.engagements) if view else None,
+            "engagements": view.engagements if view else None,
             "health": view.health_counts() if view else None,
-            "unknown_stakeholders": len(view.unknown_stakeholders) if view else None,
-            "ambiguous_meetings": len(view.ambiguous_meetings) if view else None,
+            "unknown_stakeholders": view.unknown_stakeholders if view else None,
+            "ambiguous_meetings": view.ambiguous_meetings if view else None,
+            "issues_without_engagement": view.issues_without_engagement if view else None,
+            "meetings_internal": view.meetings_internal if view else None,
             "health_changes": [
                 {"id": c.engagement_id, "from": c.previous, "to": c.current} for c in self.health_changes
             ],
@@ -209,9 +238,21 @@ def pull_source(
     return report
 
 
-def unify_and_store(store: Store, mapping: Mapping, now: datetime) -> tuple[UnifiedView, list[HealthChange]]:
-    view = unify(Snapshot.from_records(store.iter_records()), mapping, now)
-    return view, store.save_view(view, now)
+def unify_and_store(
+    store: Store, mapping: Mapping, now: datetime, *, partition: int = 0, partitions: int = 1
+) -> tuple[ViewSummary, list[HealthChange]]:
+    """Recompute and store the engagements of one partition of clients, group by group, so memory
+    holds one group's issues and meetings at a time; drop the partition's vanished engagements."""
+    reference = load_reference(store, mapping)
+    summary = ViewSummary()
+    changes: list[HealthChange] = []
+    for _, view in unify_groups(store, mapping, now, partition=partition, partitions=partitions, reference=reference):
+        changes += store.save_engagements(view.engagements, now)
+        summary.add(view)
+    live = {o.id for o in reference.opportunities}
+    changes += store.drop_engagements_except(live, lambda client: partition_of(client, partitions) == partition)
+    summary.meetings_internal, summary.issues_without_engagement = org_counts(store, reference)
+    return summary, changes
 
 
 # Starts the pull of every source and returns, per source, a function that waits for its report.

@@ -22,9 +22,9 @@ from connectors.base import TargetWriter, WriteRequest
 from connectors.errors import ConnectorError
 from engagement.mapping import Mapping
 from engagement.model import Engagement
+from engagement.partition import partition_of, unify_groups
 from engagement.records import iso, parse_date, parse_datetime
 from engagement.rules import KnownReminder, People, Reminder, StatusFingerprint, StatusUpdate, plan_rules
-from engagement.unify import Snapshot, unify
 from engagement.wording import Wording, templates_dir
 from store import Delivery, OutboxItem, Store
 
@@ -158,31 +158,39 @@ def _reminder_window(mapping: Mapping, due: date) -> tuple[str, str]:
     return iso(start) or "", iso(end) or ""
 
 
-def plan_push(store: Store, mapping: Mapping, mapping_path: Path, now: datetime | None = None) -> PushPlan:
-    """What a push would write now, and what it leaves alone and why. Writes nothing."""
+def plan_push(
+    store: Store,
+    mapping: Mapping,
+    mapping_path: Path,
+    now: datetime | None = None,
+    *,
+    partition: int = 0,
+    partitions: int = 1,
+) -> PushPlan:
+    """What a push would write now for one partition of clients (all by default), and what it
+    leaves alone and why. Writes nothing. Engagements are recomputed as of now, group by group."""
     moment = now or datetime.now(UTC)
-    view = unify(Snapshot.from_records(store.iter_records()), mapping, moment)
-    engagements = {e.id: e for e in view.engagements}
     last = {
         eid: StatusFingerprint.from_json(fingerprint) for eid, (fingerprint, _) in store.outbox.last_status().items()
     }
-    rules = plan_rules(
-        view.engagements,
-        mapping,
-        moment,
-        last_status=last,
-        known=_known_reminders(store, mapping),
-        people=_people(store),
-    )
+    known = _known_reminders(store, mapping)
+    people = _people(store)
     wording = Wording(templates_dir(mapping_path, mapping.push.templates))
-    plan = PushPlan(now=moment, skipped=[Skipped(s.engagement_id, s.what, s.why) for s in rules.skipped])
+    plan = PushPlan(now=moment)
     status_issues = _status_issues(store, mapping)
-    for update in rules.status_updates:
-        _plan_status(plan, mapping, wording, engagements[update.engagement_id], update, status_issues)
-    for reminder in rules.reminders:
-        _plan_reminder(plan, mapping, wording, engagements[reminder.engagement_id], reminder)
+    for _, view in unify_groups(store, mapping, moment, partition=partition, partitions=partitions):
+        engagements = {e.id: e for e in view.engagements}
+        rules = plan_rules(view.engagements, mapping, moment, last_status=last, known=known, people=people)
+        plan.skipped += [Skipped(s.engagement_id, s.what, s.why) for s in rules.skipped]
+        for update in rules.status_updates:
+            _plan_status(plan, mapping, wording, engagements[update.engagement_id], update, status_issues)
+        for reminder in rules.reminders:
+            _plan_reminder(plan, mapping, wording, engagements[reminder.engagement_id], reminder)
     planned = {i.key for i in plan.items}
     plan.retries = [i for i in store.outbox.due() if i.key not in planned]
+    if partitions > 1:  # earlier items of this partition's engagements only (by their stored client)
+        clients = store.engagement_clients()
+        plan.retries = [i for i in plan.retries if partition_of(clients.get(i.engagement_id), partitions) == partition]
     return plan
 
 

@@ -46,15 +46,15 @@ def sync_markdown(report: SyncReport, max_engagements: int = 200) -> str:
     counts = view.health_counts()
     lines += [
         "",
-        f"**Engagements:** {len(view.engagements)} — " + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
-        f"**Unknown stakeholders to review:** {len(view.unknown_stakeholders)} — "
-        f"**ambiguous meetings:** {len(view.ambiguous_meetings)}",
+        f"**Engagements:** {view.engagements} — " + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
+        f"**Unknown stakeholders to review:** {view.unknown_stakeholders} — "
+        f"**ambiguous meetings:** {view.ambiguous_meetings}",
         "",
     ]
     if report.health_changes:
         lines.append(f"**Health changes this run:** {len(report.health_changes)}")
         lines.append("")
-    lines += engagement_markdown([e.summary_json() for e in view.engagements], max_engagements)
+    lines += engagement_markdown(view.rows, max_engagements)
     return "\n".join(lines)
 
 

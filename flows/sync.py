@@ -26,13 +26,10 @@ HEALTH_EVENT = "accord.engagement.health-changed"
 def emit_health_events(report: SyncReport) -> int:
     """One Prefect event per engagement whose health changed (not for first sightings), so an
     automation can notify. Ids and reason codes only: names and reasons stay in Accord."""
-    assert report.view is not None
-    engagements = {e.id: e for e in report.view.engagements}
     emitted = 0
     for change in report.health_changes:
         if change.previous is None or change.current is None:
             continue
-        engagement = engagements.get(change.engagement_id)
         emit_event(
             event=HEALTH_EVENT,
             resource={
@@ -43,7 +40,7 @@ def emit_health_events(report: SyncReport) -> int:
                 "engagement_id": change.engagement_id,
                 "from": change.previous,
                 "to": change.current,
-                "reason_codes": [r.code for r in engagement.health.reasons] if engagement else [],
+                "reason_codes": list(change.reason_codes),
             },
         )
         emitted += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, func, i
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from engagement.model import UnifiedView
+from engagement.model import Engagement, UnifiedView
 from engagement.records import LOOKUP_STREAMS, SourceRecord, iso, lookup_keys, parse_datetime
 from store.outbox import Outbox
 from store.schema import cursors, engagements, metadata, record_keys, records, sync_runs
@@ -74,6 +74,7 @@ class HealthChange:
     previous: str | None  # None: a new engagement
     current: str | None  # None: the engagement is gone
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    reason_codes: tuple[str, ...] = field(default_factory=tuple)
 
 
 def default_database_url(directory: Path | None = None) -> str:
@@ -407,19 +408,25 @@ class Store:
 
     # -- engagements -------------------------------------------------------------------------------
     def save_view(self, view: UnifiedView, computed_at: datetime) -> list[HealthChange]:
-        """Store the engagements of ``view`` (only those that changed) and drop vanished ones.
-        Returns the health transitions, for events and notifications."""
+        """Store all engagements of ``view`` and drop the stored ones it does not have."""
+        changes = self.save_engagements(view.engagements, computed_at)
+        return changes + self.drop_engagements_except({e.id for e in view.engagements})
+
+    def save_engagements(self, group: Sequence[Engagement], computed_at: datetime) -> list[HealthChange]:
+        """Store the engagements of one group (only those that changed). Returns the health
+        transitions, for events and notifications."""
         changes: list[HealthChange] = []
         stamp = iso(computed_at)
+        ids = [e.id for e in group]
         with self.engine.begin() as conn:
-            before = {
-                row.id: (row.digest, row.health, row.name)
-                for row in conn.execute(
-                    select(engagements.c.id, engagements.c.digest, engagements.c.health, engagements.c.name)
+            before: dict[str, tuple[str, str]] = {}
+            for start in range(0, len(ids), BATCH_LOOKUP):
+                query = select(engagements.c.id, engagements.c.digest, engagements.c.health).where(
+                    engagements.c.id.in_(ids[start : start + BATCH_LOOKUP])
                 )
-            }
+                before.update((row.id, (row.digest, row.health)) for row in conn.execute(query))
             rows = []
-            for e in view.engagements:
+            for e in group:
                 payload = {"summary": e.summary_json(), "detail": e.to_json()}
                 digest = _digest(payload)
                 previous = before.get(e.id)
@@ -433,6 +440,7 @@ class Store:
                             previous[1] if previous else None,
                             e.health.level,
                             tuple(r.text for r in e.health.reasons),
+                            tuple(r.code for r in e.health.reasons),
                         )
                     )
                 rows.append(
@@ -440,6 +448,7 @@ class Store:
                         "id": e.id,
                         "name": e.name,
                         "client": e.client,
+                        "client_id": e.client_id,
                         "health": e.health.level,
                         "stage": e.stage,
                         "digest": digest,
@@ -453,16 +462,31 @@ class Store:
                     index_elements=[engagements.c.id],
                     set_={
                         c: statement.excluded[c]
-                        for c in ("name", "client", "health", "stage", "digest", "payload", "updated_at")
+                        for c in ("name", "client", "client_id", "health", "stage", "digest", "payload", "updated_at")
                     },
                 )
                 conn.execute(statement, rows)
-            current = {e.id for e in view.engagements}
-            vanished = [i for i in before if i not in current]
-            for start in range(0, len(vanished), BATCH_LOOKUP):
-                conn.execute(delete(engagements).where(engagements.c.id.in_(vanished[start : start + BATCH_LOOKUP])))
-            changes.extend(HealthChange(i, before[i][2], before[i][1], None) for i in vanished)
         return changes
+
+    def drop_engagements_except(
+        self, live: set[str], in_partition: Callable[[str | None], bool] | None = None
+    ) -> list[HealthChange]:
+        """Delete stored engagements whose Opportunity is gone (``live``: every live one, org-wide),
+        among those whose client ``in_partition`` says belongs to this run."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(engagements.c.id, engagements.c.name, engagements.c.health, engagements.c.client_id)
+            ).fetchall()
+            vanished = [r for r in rows if r.id not in live and (in_partition is None or in_partition(r.client_id))]
+            ids = [r.id for r in vanished]
+            for start in range(0, len(ids), BATCH_LOOKUP):
+                conn.execute(delete(engagements).where(engagements.c.id.in_(ids[start : start + BATCH_LOOKUP])))
+        return [HealthChange(r.id, r.name, r.health, None) for r in vanished]
+
+    def engagement_clients(self) -> dict[str, str | None]:
+        """Engagement id -> its client's account id, as last stored."""
+        with self.engine.connect() as conn:
+            return {r.id: r.client_id for r in conn.execute(select(engagements.c.id, engagements.c.client_id))}
 
     def load_engagements(self) -> list[dict[str, Any]]:
         """Stored engagements: each ``{"summary": {...}, "detail": {...}}``, by id."""

@@ -25,9 +25,11 @@ def test_events_for_changes_only_without_names(monkeypatch: pytest.MonkeyPatch) 
         NOW,
     )
     first, second, third = view.engagements[:3]
-    report = SyncReport(started_at=NOW, full=False, view=view)
+    report = SyncReport(started_at=NOW, full=False)
     report.health_changes = [
-        HealthChange(first.id, first.name, "green", first.health.level, ("x",)),
+        HealthChange(
+            first.id, first.name, "green", first.health.level, ("x",), tuple(r.code for r in first.health.reasons)
+        ),
         HealthChange(second.id, second.name, None, second.health.level),  # first sighting: no event
         HealthChange(third.id, third.name, "amber", None),  # gone: no event
     ]
