@@ -4,12 +4,19 @@ Only ``TransientError`` is retried. The caps are settings (``RetrySettings``) so
 trade latency for resilience. Know what the library already retries: the jira library's
 ResilientSession retries 429/503 itself, so the Jira connector turns that off (max_retries=0) and
 this policy is the only retry layer; googleapiclient retries only when asked (num_retries=0 here).
+
+Every attempt of every API request passes through ``call_with_retry``, so it is also where a shared
+rate budget applies: ``set_throttle(api, fn)`` installs a process-wide callable that is called
+before each attempt of that API's requests (``call_with_retry(settings, fn, api="jira")``) and
+blocks until the request may go. Connectors stay free of Prefect: ``flows.budget`` installs a
+throttle that takes a slot of a Prefect global concurrency limit.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,6 +27,35 @@ from connectors.errors import TransientError
 
 T = TypeVar("T")
 log = logging.getLogger("accord.connectors.retry")
+
+# A throttle blocks until one more request to its API may be made (it may raise to refuse).
+Throttle = Callable[[], None]
+_throttles: dict[str, Throttle] = {}
+_throttles_lock = threading.Lock()
+
+
+def set_throttle(api: str, throttle: Throttle | None) -> Throttle | None:
+    """Install ``throttle`` for every request attempt to ``api`` ("salesforce", "jira",
+    "google_calendar") in this process, or remove it with None; returns the one it replaces."""
+    with _throttles_lock:
+        previous = _throttles.pop(api, None)
+        if throttle is not None:
+            _throttles[api] = throttle
+        return previous
+
+
+def get_throttle(api: str) -> Throttle | None:
+    with _throttles_lock:
+        return _throttles.get(api)
+
+
+def throttle(api: str | None) -> None:
+    """Wait for ``api``'s throttle, if one is installed: once per HTTP request about to be sent."""
+    if api is None:
+        return
+    installed = get_throttle(api)
+    if installed is not None:
+        installed()
 
 
 class RetrySettings(BaseModel):
@@ -61,9 +97,13 @@ def retrying(settings: RetrySettings) -> Retrying:
     )
 
 
-def call_with_retry(settings: RetrySettings, fn: Callable[[], T]) -> T:
-    """Run ``fn`` (which raises typed connector errors) under the policy."""
+def call_with_retry(settings: RetrySettings, fn: Callable[[], T], api: str | None = None) -> T:
+    """Run ``fn`` (which raises typed connector errors) under the policy.
+
+    With ``api``, each attempt first waits for that API's throttle (``set_throttle``), if any.
+    """
     for attempt in retrying(settings):
         with attempt:
+            throttle(api)
             return fn()
     raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover

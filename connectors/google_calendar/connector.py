@@ -223,7 +223,7 @@ class CalendarConnector:
                 raise classify(exc, what) from exc
             return result
 
-        return call_with_retry(self.settings.retry, attempt)
+        return call_with_retry(self.settings.retry, attempt, api=SOURCE)
 
     @property
     def open_services(self) -> int:

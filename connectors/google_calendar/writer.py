@@ -255,7 +255,7 @@ class CalendarWriter:
                 )
 
         try:
-            call_with_retry(self.settings.retry, attempt)
+            call_with_retry(self.settings.retry, attempt, api=SOURCE)
         except TransientError as exc:
             log.warning("calendar %s: giving up on a batch for now: %s", calendar_id, exc)
         return calls

@@ -265,7 +265,7 @@ class JiraConnector:
 
     def call(self, what: str, fn: Callable[[JIRA], T]) -> T:
         """``fn`` on a pooled client under the retry policy: for idempotent requests only."""
-        return call_with_retry(self.settings.retry, partial(self.call_once, what, fn))
+        return call_with_retry(self.settings.retry, partial(self.call_once, what, fn), api=SOURCE)
 
     def close(self) -> None:
         self._pool.close()

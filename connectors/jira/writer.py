@@ -279,7 +279,7 @@ class JiraWriter:
             return WriteResult(request.key, ok=True, outcome=outcome, target_id=comment_id)
 
         try:
-            return call_with_retry(self.settings.retry, attempt)
+            return call_with_retry(self.settings.retry, attempt, api=SOURCE)
         except AuthError as exc:
             if exc.status == 403:
                 return _record_failure(request, exc)

@@ -131,7 +131,7 @@ class SalesforceClient:
             except Exception as exc:
                 raise classify(exc, what) from exc
 
-        return call_with_retry(self.settings.retry, attempt)
+        return call_with_retry(self.settings.retry, attempt, api=SOURCE)
 
     def close(self) -> None:
         with self._lock:
