@@ -81,6 +81,7 @@ class IdentityIndex:
                 owners.setdefault(domain, set()).add(account.id)
         # A domain claimed by several clients (a shared provider) identifies none of them.
         self._domains = {d: next(iter(ids)) for d, ids in owners.items() if len(ids) == 1}
+        self._resolved: dict[str, IdentityMatch] = {}
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -96,6 +97,13 @@ class IdentityIndex:
         return normalize_email(email, self.identity, self._aliases)
 
     def resolve(self, email: str) -> IdentityMatch:
+        """Who ``email`` is (memoized: the same addresses attend meeting after meeting)."""
+        match = self._resolved.get(email)
+        if match is None:
+            match = self._resolved[email] = self._resolve(email)
+        return match
+
+    def _resolve(self, email: str) -> IdentityMatch:
         address = self.normalize(email)
         contact = self._contacts.get(address)
         if contact is not None:

@@ -17,6 +17,9 @@ Severity = Literal["info", "amber", "red"]
 SEVERITY_ORDER: dict[str, int] = {"info": 0, "amber": 1, "red": 2}
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _jsonable(value: Any) -> Any:
     """The JSON form of a model value: dataclasses as dicts of their fields, dates as ISO text.
 
@@ -24,8 +27,11 @@ def _jsonable(value: Any) -> Any:
     of storing the engagements of a large org)."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    names = _FIELDS.get(type(value))
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[type(value)] = tuple(f.name for f in fields(value))
+    if names is not None:
+        return {name: _jsonable(getattr(value, name)) for name in names}
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, date):

@@ -28,6 +28,8 @@ class SourceRecord:
 
 def parse_datetime(value: Any) -> datetime | None:
     """Parse the timestamps of all three APIs (and ISO) into aware UTC; None for empty values."""
+    if type(value) is str and value.endswith("Z") and "T" in value:
+        return datetime.fromisoformat(value)  # the store's own form (``iso``): already UTC
     if value in (None, ""):
         return None
     if isinstance(value, datetime):
