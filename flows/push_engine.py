@@ -187,11 +187,17 @@ def plan_push(
         for reminder in rules.reminders:
             _plan_reminder(plan, mapping, wording, engagements[reminder.engagement_id], reminder)
     planned = {i.key for i in plan.items}
-    plan.retries = [i for i in store.outbox.due() if i.key not in planned]
-    if partitions > 1:  # earlier items of this partition's engagements only (by their stored client)
-        clients = store.engagement_clients()
-        plan.retries = [i for i in plan.retries if partition_of(clients.get(i.engagement_id), partitions) == partition]
+    owned = partition_filter(store, partition, partitions)
+    plan.retries = [i for i in store.outbox.due(engagements=owned) if i.key not in planned]
     return plan
+
+
+def partition_filter(store: Store, partition: int, partitions: int) -> Callable[[str], bool] | None:
+    """Which engagement ids belong to the partition (None: all do), by their stored client."""
+    if partitions <= 1:
+        return None
+    clients = store.engagement_clients()
+    return lambda engagement_id: partition_of(clients.get(engagement_id), partitions) == partition
 
 
 def _plan_status(
@@ -387,18 +393,28 @@ def chunks(items: Sequence[OutboxItem], size: int) -> list[list[OutboxItem]]:
 
 
 def apply_target(
-    target: str, store: Store, settings: AccordSettings, mapping: Mapping, writer_factory: WriterFactory = build_writer
+    target: str,
+    store: Store,
+    settings: AccordSettings,
+    mapping: Mapping,
+    writer_factory: WriterFactory = build_writer,
+    *,
+    engagements: Callable[[str], bool] | None = None,
 ) -> TargetReport:
-    """Apply every due outbox item of ``target``; each chunk is marked as soon as it lands."""
+    """Apply every due outbox item of ``target`` (of the engagements ``engagements`` accepts, when
+    given); each chunk is claimed before and marked as soon as it lands. Items another run claimed
+    in the meantime are left to it."""
     report = TargetReport(target)
     started = time.perf_counter()
-    due = store.outbox.due(target)
+    due = store.outbox.due(target, engagements=engagements)
     if not due:
         return report
     writer = writer_factory(target, settings, mapping)
     try:
-        for chunk in chunks(due, chunk_size(target, mapping)):
-            store.outbox.claim([i.key for i in chunk])
+        for planned in chunks(due, chunk_size(target, mapping)):
+            chunk = store.outbox.claim(planned)
+            if not chunk:
+                continue
             requests = [WriteRequest(i.key, i.kind, i.payload, fresh=i.attempts == 0) for i in chunk]
             report.attempted += len(chunk)
             try:
@@ -438,12 +454,17 @@ def push(
     writer_factory: WriterFactory = build_writer,
     targets: Sequence[str] = TARGETS,
     apply: Callable[[str], TargetReport] | None = None,
+    partition: int = 0,
+    partitions: int = 1,
 ) -> PushReport:
-    """Plan, queue the plan in the outbox, then apply everything due."""
-    plan = plan_push(store, mapping, mapping_path, now)
+    """Plan, queue the plan in the outbox, then apply everything due (of one partition of clients)."""
+    plan = plan_push(store, mapping, mapping_path, now, partition=partition, partitions=partitions)
     report = PushReport(plan)
     report.queued = store.outbox.enqueue(plan.items, plan.statuses)
-    run = apply or (lambda target: apply_target(target, store, settings, mapping, writer_factory))
+    engagements = partition_filter(store, partition, partitions)
+    run = apply or (
+        lambda target: apply_target(target, store, settings, mapping, writer_factory, engagements=engagements)
+    )
     for target in targets:
         report.targets[target] = run(target)
     by_target: dict[str, int] = defaultdict(int)

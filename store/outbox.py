@@ -7,7 +7,7 @@ pending, the re-run repeats the write, and the target recognises the key ("exist
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -134,8 +134,11 @@ class Outbox:
                 )
         return added
 
-    def due(self, target: str | None = None, max_attempts: int = 10) -> list[OutboxItem]:
-        """Writes to make now: pending ones, and failed ones worth another attempt."""
+    def due(
+        self, target: str | None = None, max_attempts: int = 10, engagements: Callable[[str], bool] | None = None
+    ) -> list[OutboxItem]:
+        """Writes to make now: pending ones, and failed ones worth another attempt (of the
+        engagements ``engagements`` accepts, when given: one partition's)."""
         query = select(outbox).where(
             (outbox.c.state == "pending")
             | ((outbox.c.state == "failed") & outbox.c.retriable.is_(True) & (outbox.c.attempts < max_attempts))
@@ -143,17 +146,34 @@ class Outbox:
         if target is not None:
             query = query.where(outbox.c.target == target)
         with self.engine.connect() as conn:
-            return [_item(r) for r in conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key))]
+            due = [_item(r) for r in conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key))]
+        return [i for i in due if engagements is None or engagements(i.engagement_id)]
 
-    def claim(self, keys: Sequence[str]) -> None:
+    def claim(self, items: Sequence[OutboxItem]) -> list[OutboxItem]:
         """Count an attempt before it is made, so a crash during the write leaves a trace: the next
-        attempt is then not ``fresh`` and the writers look for what the first one may have written."""
+        attempt is then not ``fresh`` and the writers look for what the first one may have written.
+
+        Exclusive: an item is claimed only if nobody counted an attempt since it was read (compare
+        and set on ``attempts``), so two runs applying at once never both write it. Returns the
+        items this caller now holds, with their attempt count as it was before this claim."""
+        by_attempts: dict[int, list[OutboxItem]] = {}
+        for item in items:
+            by_attempts.setdefault(item.attempts, []).append(item)
+        won: set[str] = set()
         with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.key.in_(list(keys)))
-                .values(attempts=outbox.c.attempts + 1, updated_at=_now())
-            )
+            for attempts, group in by_attempts.items():
+                rows = conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.key.in_([i.key for i in group]),
+                        outbox.c.attempts == attempts,
+                        outbox.c.state.in_(("pending", "failed")),
+                    )
+                    .values(attempts=outbox.c.attempts + 1, updated_at=_now())
+                    .returning(outbox.c.key)
+                )
+                won.update(row.key for row in rows)
+        return [i for i in items if i.key in won]
 
     def mark(self, deliveries: Sequence[Delivery]) -> None:
         now = _now()
