@@ -286,6 +286,7 @@ def run_sync(
     now: datetime | None = None,
     sources: tuple[str, ...] = SOURCES,
     pull_all: PullAll | None = None,
+    unify: bool = True,
 ) -> SyncReport:
     """Pull all sources concurrently, then unify; failures of one source are reported, not hidden.
 
@@ -303,7 +304,8 @@ def run_sync(
         except Exception as exc:
             log.error("%s pull failed: %s", source, exc)
             report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
-    report.view, report.health_changes = unify_and_store(store, mapping, started)
+    if unify:  # else the caller has the engagements recomputed elsewhere (flows.partition)
+        report.view, report.health_changes = unify_and_store(store, mapping, started)
     report.seconds = time.perf_counter() - clock
     store.finish_run(run_id, "failed" if report.failed else "completed", report.to_json())
     return report
