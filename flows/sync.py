@@ -16,7 +16,9 @@ from prefect.events import emit_event
 
 from accord.settings import AccordSettings, load_settings
 from engagement.mapping import Mapping, load_mapping
+from flows.budget import budget_throttles
 from flows.engine import SourceReport, SyncReport, pull_source, run_sync
+from flows.failures import FailureContext, OpsMessage, explain, publish
 from flows.report import sync_markdown
 from store import Store
 
@@ -47,8 +49,25 @@ def emit_health_events(report: SyncReport) -> int:
     return emitted
 
 
+def _partitioned(report: SyncReport, partitions: int, logger: Any) -> dict[str, Any]:
+    """After the pull: one ``accord-partition`` run per partition recomputes the engagements."""
+    from flows.partition import check, fan_out
+
+    create_markdown_artifact(
+        key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts (engagements per partition)"
+    )
+    states = fan_out(partitions, "engagements")
+    logger.info("partition runs: %s", dict(sorted(states.items())))
+    if report.failed:
+        names = ", ".join(f"{s.source} ({s.error})" for s in report.failed)
+        raise SyncFailedError(f"could not pull {names}; the other sources were stored")
+    check(states, "engagements")
+    return report.to_json() | {"partitions": {str(k): s for k, s in sorted(states.items())}}
+
+
 class SyncFailedError(RuntimeError):
-    """Some sources could not be pulled; the others were stored and the engagements updated."""
+    """The sync failed; the message says what, the likely cause, what to check and what is kept (the
+    sources that could be pulled were stored and the engagements updated)."""
 
 
 @task(name="pull", task_run_name="pull-{source}", retries=0)
@@ -79,28 +98,53 @@ def pull_task(
 def sync_flow(full: bool = False, mapping_path: str | None = None) -> dict[str, Any]:
     """Pull Salesforce, Jira and Google Calendar, unify into engagements, store them.
 
-    ``full`` re-reads everything instead of continuing from the stored cursors.
+    ``full`` re-reads everything instead of continuing from the stored cursors. A run that fails says
+    why in words an ops person can act on (``flows.failures``): its state message, the
+    ``accord-failure`` artifact and the log.
     """
     logger = get_run_logger()
-    settings = load_settings()
-    mapping = load_mapping(mapping_path or settings.mapping)
-    return run_sync_flow(settings, mapping, full=full, logger=logger)
+    context = FailureContext("sync")
+    try:
+        settings = context.settings = load_settings()
+        context.mapping_path = str(mapping_path or settings.mapping)
+        mapping = context.mapping = load_mapping(context.mapping_path)
+    except Exception as exc:
+        raise SyncFailedError(publish("sync", [explain(exc, context)], logger)) from exc
+    return run_sync_flow(settings, mapping, full=full, logger=logger, context=context)
 
 
-def run_sync_flow(settings: AccordSettings, mapping: Mapping, *, full: bool, logger: Any) -> dict[str, Any]:
-    store = Store(settings.database_url)
-    store.create_all()
+def run_sync_flow(
+    settings: AccordSettings, mapping: Mapping, *, full: bool, logger: Any, context: FailureContext | None = None
+) -> dict[str, Any]:
+    context = context or FailureContext("sync", settings, mapping, str(settings.mapping))
+    errors: dict[str, BaseException] = {}  # what stopped each failed source, for its explanation
+
+    def keeping_error(source: str, wait: Callable[[], SourceReport]) -> Callable[[], SourceReport]:
+        def result() -> SourceReport:
+            try:
+                return wait()
+            except Exception as exc:
+                errors[source] = exc
+                raise
+
+        return result
 
     def pull_all(
         sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
     ) -> dict[str, Callable[[], SourceReport]]:
         futures = {s: pull_task.submit(s, settings, mapping, settings.database_url, upper, full) for s in sources}
-        return {s: f.result for s, f in futures.items()}
+        return {s: keeping_error(s, f.result) for s, f in futures.items()}
 
     try:
-        report = run_sync(settings, mapping, store, full=full, pull_all=pull_all)
-    finally:
-        store.dispose()
+        with budget_throttles(settings):
+            store = Store(settings.database_url)
+            try:
+                store.create_all()
+                report = run_sync(settings, mapping, store, full=full, pull_all=pull_all)
+            finally:
+                store.dispose()
+    except Exception as exc:
+        raise SyncFailedError(publish("sync", [explain(exc, context)], logger)) from exc
     assert report.view is not None
     create_markdown_artifact(
         key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
@@ -108,6 +152,20 @@ def run_sync_flow(settings: AccordSettings, mapping: Mapping, *, full: bool, log
     logger.info("engagements by health: %s", report.view.health_counts())
     emit_health_events(report)
     if report.failed:
-        names = ", ".join(f"{s.source} ({s.error})" for s in report.failed)
-        raise SyncFailedError(f"could not pull {names}; the other sources were stored")
+        messages = []
+        for failed in report.failed:
+            error = errors.get(failed.source)
+            if error is not None:
+                messages.append(explain(error, context, source=failed.source))
+            else:
+                messages.append(
+                    OpsMessage(
+                        failed.source,
+                        f"{failed.source} could not be pulled",
+                        "see the pull task's log",
+                        (),
+                        context.kept(failed.source),
+                    )
+                )
+        raise SyncFailedError(publish("sync", messages, logger))
     return report.to_json()
