@@ -37,16 +37,21 @@ from functools import partial
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import requests
 from jira import JIRA
 from jira.exceptions import JIRAError
+from jira.resilientsession import raise_on_error
+from jira.utils import json_loads
 
 from connectors.base import WorkUnit
 from connectors.errors import ConfigError, ConnectorError, PermanentError
 from connectors.incremental import Batch, PageGuard, Window, progressive_cursor
 from connectors.jira import jql
 from connectors.jira.errors import SOURCE, classify
+from connectors.jsonbody import NOT_DECODED, fast_loads
 from connectors.retry import call_with_retry
 from connectors.settings import JiraSettings
+from connectors.stamps import iso_stamp
 from engagement.mapping import Mapping
 from engagement.records import SourceRecord, iso, parse_datetime
 
@@ -94,12 +99,13 @@ MAX_RECONCILE_IDS = 50  # Jira's limit for reconcileIssues per request
 ID_PAGE_SIZE = 5000  # /search/jql pages up to 5000 issues when only ids are asked for
 PROJECT_PAGE_SIZE = 50
 MAX_KEYS_PER_QUERY = 50
+UTF8_NAMES = frozenset({"utf-8", "utf8", "utf_8"})
 
 
 def _name(value: Any, key: str = "name") -> str | None:
     if isinstance(value, dict):
         found = value.get(key)
-        return None if found in (None, "") else str(found)
+        return None if found is None or found == "" else str(found)
     return None
 
 
@@ -116,36 +122,47 @@ def _plain(value: Any) -> Any:
 
 def to_record(issue: dict[str, Any], extra_fields: dict[str, str]) -> SourceRecord:
     """One search result as Accord's normalized issue record (see ``engagement.records.WorkItem``)."""
+    return _to_record(issue, tuple(sorted(extra_fields.items())))
+
+
+def _to_record(issue: dict[str, Any], extra: tuple[tuple[str, str], ...]) -> SourceRecord:
+    """``to_record`` with the extra fields sorted once per page instead of once per issue.
+
+    Runs once per issue: the fields are read once, the stamps written through ``connectors.stamps``;
+    the records it makes are pinned by ``tests/connectors/test_to_record_pinned.py``.
+    """
     issue_id = str(issue.get("id") or "")
     fields: dict[str, Any] = issue.get("fields") or {}
-    stamp = parse_datetime(fields.get("updated"))
+    get = fields.get
+    stamp = parse_datetime(get("updated"))
     if not issue_id.isdigit() or stamp is None:
         raise PermanentError(SOURCE, f"issue {issue_id or '?'}: the search answer has no id or updated stamp")
     key = str(issue.get("key") or "")
-    project = _name(fields.get("project"), "key") or key.rsplit("-", 1)[0]
-    status = fields.get("status") or {}
+    project = _name(get("project"), "key") or key.rsplit("-", 1)[0]
+    status = get("status") or {}
     category = _name(status.get("statusCategory"), "key")
-    assignee = fields.get("assignee") or {}
+    assignee = get("assignee") or {}
+    labels = get("labels") or []
     # Atlassian privacy settings may hide emailAddress (absent or empty): the email is then unknown.
     data: dict[str, Any] = {
         "key": key,
         "project": project,
-        "summary": fields.get("summary") or "",
-        "issue_type": _name(fields.get("issuetype")),
+        "summary": get("summary") or "",
+        "issue_type": _name(get("issuetype")),
         "status": _name(status),
         "status_category": category if category in STATUS_CATEGORIES else "new",
         "assignee_email": _name(assignee, "emailAddress"),
         "assignee_name": _name(assignee, "displayName"),
         "assignee_account_id": _name(assignee, "accountId"),
-        "due_date": fields.get("duedate") or None,
-        "labels": [str(label) for label in fields.get("labels") or []],
-        "parent": _name(fields.get("parent"), "key"),
-        "created": iso(parse_datetime(fields.get("created"))),
-        "resolved": iso(parse_datetime(fields.get("resolutiondate"))),
-        "priority": _name(fields.get("priority")),
+        "due_date": get("duedate") or None,
+        "labels": [str(label) for label in labels] if labels else [],
+        "parent": _name(get("parent"), "key"),
+        "created": iso_stamp(get("created")),
+        "resolved": iso_stamp(get("resolutiondate")),
+        "priority": _name(get("priority")),
     }
-    for attribute, field_id in sorted(extra_fields.items()):
-        data[attribute] = _plain(fields.get(field_id))
+    for attribute, field_id in extra:
+        data[attribute] = _plain(get(field_id))
     return SourceRecord(SOURCE, STREAM, issue_id, stamp, data, partition=project)
 
 
@@ -163,6 +180,42 @@ def get_json(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, An
         return result
 
     return get
+
+
+def get_page(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, Any]]:
+    """``get_json`` for the reader's pages, which are large: the same request through the same
+    session, the same answer, ``JIRAError`` and log line, with the body decoded by orjson where that
+    is exact (``connectors.jsonbody``) instead of ``Response.json``."""
+
+    def get(client: JIRA) -> dict[str, Any]:
+        response = client._session.get(client._get_url(path), params=params)
+        result: dict[str, Any] = _decode(client, response)
+        return result
+
+    return get
+
+
+def _decode(client: JIRA, response: requests.Response) -> Any:
+    """What ``JIRA._get_json`` makes of ``response`` (``jira.utils.json_loads``, its log line on an
+    unreadable body), through ``fast_loads`` when requests would read the body as UTF-8."""
+    raise_on_error(response)
+    body = response.content
+    encoding = response.encoding
+    if encoding is None:
+        # requests reads a body without a charset as UTF-8 unless it starts with a BOM or NUL bytes
+        # (which orjson refuses), and a body of up to 3 bytes by guessing: that one goes its way.
+        utf8 = len(body) > 3
+    else:
+        utf8 = encoding.lower() in UTF8_NAMES
+    if utf8:
+        decoded = fast_loads(body)
+        if decoded is not NOT_DECODED:
+            return decoded
+    try:
+        return json_loads(response)
+    except ValueError as exc:
+        client.log.error(f"{exc}\n{response.text if response else response}")
+        raise
 
 
 @dataclass(frozen=True)
@@ -314,7 +367,7 @@ class JiraConnector:
         start = 0
         while True:
             params = {"startAt": start, "maxResults": PROJECT_PAGE_SIZE}
-            page = self.call("list projects", get_json("project/search", params))
+            page = self.call("list projects", get_page("project/search", params))
             values = page.get("values") or []
             keys.extend(str(p["key"]) for p in values)
             if page.get("isLast", True) or not values:
@@ -341,7 +394,7 @@ class JiraConnector:
         token: str | None = None
         while True:
             sent = params if token is None else {**params, "nextPageToken": token}
-            result = self.call(what, get_json("search/jql", sent))
+            result = self.call(what, get_page("search/jql", sent))
             yield list(result.get("issues") or [])
             token = result.get("nextPageToken")
             if not token or result.get("isLast") is True:
@@ -406,8 +459,8 @@ class JiraConnector:
         return [keys[i : i + size] for i in range(0, len(keys), size)]
 
     def _records(self, page: list[dict[str, Any]]) -> list[SourceRecord]:
-        extra = dict(self.mapping.jira.extra_fields)
-        return [to_record(issue, extra) for issue in page]
+        extra = tuple(sorted(self.mapping.jira.extra_fields.items()))
+        return [_to_record(issue, extra) for issue in page]
 
     def _targeted(self, groups: list[list[str]]) -> Iterator[list[SourceRecord]]:
         """Known-changed ids beyond the first 50 (those ride along with the main query)."""
