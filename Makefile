@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench chaos ui chromium sandbox clean
+.PHONY: demo test lint typecheck unit bench chaos ui cluster chromium sandbox clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ chaos: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/python -m flows.ui
+
+# Scale-out on this machine: Prefect server on the local PostgreSQL, two workers, a partitioned sync.
+cluster: $(STAMP)
+	$(BIN)/python -m flows.cluster
 
 sandbox: $(STAMP)
 	$(BIN)/accord sandbox up --size small

@@ -4,9 +4,9 @@ A Prefect server whose database is PostgreSQL (not its default SQLite), the ``ac
 process work pool with every deployment of prefect.yaml, two workers (``accord-worker-1`` and
 ``accord-worker-2``) that share the pool's flow runs, the sandbox (``accord sandbox up``, a process
 of its own), and one store for all of them: a PostgreSQL database, because workers on different
-machines cannot share a SQLite file. Every process gets what it would get on a machine of its own
-(a ``PREFECT_HOME`` each, the worker's name in ``ACCORD_WORKER_NAME``); only the result storage
-directory is shared, standing in for the bucket a real cluster would use.
+machines cannot share a SQLite file. Every process gets what it would get on a machine of its own:
+a ``PREFECT_HOME`` each (nothing on disk is shared: the sync reads its partition runs' states from
+the API, not their results), the worker's name in ``ACCORD_WORKER_NAME``.
 
 ``python -m flows.cluster`` starts it all, runs one full ``accord-sync`` with ``partitions=4`` (the
 sync pulls, then starts one ``accord-partition`` run per partition, which the two workers share),
@@ -136,7 +136,6 @@ class Cluster:
                 "PREFECT_HOME": str(self.home / home),
                 "PREFECT_API_URL": self.api_url,
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "results"),  # the shared bucket, here
                 "PREFECT_WORKER_QUERY_SECONDS": "2",
                 "PREFECT_WORKER_PREFETCH_SECONDS": "5",
                 "NO_COLOR": "1",
@@ -342,6 +341,7 @@ class Cluster:
         server and the sandbox; any process still carrying this cluster's marker; then the databases.
         Each step: SIGTERM to the process groups, SIGKILL to what is left after ``grace`` seconds."""
         started = time.perf_counter()
+        _drain_in_process()
         workers = [p for p in self._processes if p.name.startswith("worker-")]
         _stop_groups([p.popen for p in workers], grace)
         _stop_marked(self.id, grace)
@@ -416,6 +416,19 @@ def worker_of(run: FlowRun) -> str | None:
     """The worker that ran a flow run: workers label the runs they submit."""
     value = (run.labels or {}).get("prefect.worker.name")
     return str(value) if value is not None else None
+
+
+def _drain_in_process() -> None:
+    """Send this process's pending Prefect events and logs to the server before it stops, and forget
+    the clients: Prefect keeps one events worker per process, bound to the API it first talked to."""
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all()
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all()
 
 
 def _signal_group(pid: int, sig: int) -> None:
