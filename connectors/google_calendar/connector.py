@@ -36,14 +36,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httplib2
 from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient import discovery
+from googleapiclient.model import JsonModel
 
 from connectors.base import WorkUnit
 from connectors.errors import ConnectorError
 from connectors.google_calendar.credentials import READONLY_SCOPE, build_credentials
 from connectors.google_calendar.errors import SOURCE, FullSyncRequiredError, classify
 from connectors.incremental import Batch, PageGuard
+from connectors.jsonbody import NOT_DECODED, fast_loads
 from connectors.retry import call_with_retry
 from connectors.settings import GoogleCalendarSettings
+from connectors.stamps import format_stamp, iso_stamp
 from engagement.mapping import Mapping
 from engagement.records import SourceRecord, iso, parse_datetime
 
@@ -64,18 +67,18 @@ def _zone(name: str | None) -> tzinfo:
         return UTC
 
 
-def _moment(value: Any, where: tzinfo) -> tuple[datetime | None, bool]:
-    """An event start/end as an aware UTC instant, and whether it was an all-day date.
+def _when(value: Any, where: tzinfo) -> tuple[str | None, bool]:
+    """An event start/end as Accord's UTC timestamp text, and whether it was an all-day date.
 
     All-day dates (``{"date": "2024-05-01"}``, end exclusive) begin at midnight in the calendar's zone.
     """
     if not isinstance(value, dict):
         return None, False
     if value.get("dateTime"):
-        return parse_datetime(value["dateTime"]), False
+        return iso_stamp(value["dateTime"]), False
     if value.get("date"):
         day = datetime.fromisoformat(str(value["date"])[:10])
-        return day.replace(tzinfo=where).astimezone(UTC), True
+        return format_stamp(day.replace(tzinfo=where).astimezone(UTC)), True
     return None, False
 
 
@@ -83,13 +86,15 @@ def to_record(calendar_id: str, item: dict[str, Any], where: tzinfo, fallback: d
     """One event (or expanded instance) of ``calendar_id`` as a record; cancelled ones are deleted.
 
     ``where`` is the calendar's zone (for all-day dates); ``fallback`` stamps tombstones that come
-    without ``updated`` (Google guarantees deleted events only their id).
+    without ``updated`` (Google guarantees deleted events only their id). Runs once per event: the
+    records it makes are pinned by ``tests/connectors/test_to_record_pinned.py``.
     """
     event_id = str(item["id"])
     record_id = f"{calendar_id}/{event_id}"
-    stamp = parse_datetime(item.get("updated")) or fallback
-    status = str(item.get("status") or "confirmed")
-    recurring = item.get("recurringEventId")
+    get = item.get
+    stamp = parse_datetime(get("updated")) or fallback
+    status = str(get("status") or "confirmed")
+    recurring = get("recurringEventId")
     if status == "cancelled":
         tombstone = {
             "event_id": event_id,
@@ -98,24 +103,24 @@ def to_record(calendar_id: str, item: dict[str, Any], where: tzinfo, fallback: d
             "recurring_event_id": recurring,
         }
         return SourceRecord(SOURCE, STREAM, record_id, stamp, tombstone, deleted=True, partition=calendar_id)
-    start, all_day = _moment(item.get("start"), where)
-    end, _ = _moment(item.get("end"), where)
-    organizer = item.get("organizer") or {}
+    start, all_day = _when(get("start"), where)
+    end, _ = _when(get("end"), where)
+    organizer = get("organizer") or {}
     attendees = [
         {
             "email": str(a["email"]),
             "response": str(a.get("responseStatus") or "needsAction"),
             "organizer": bool(a.get("organizer")),
         }
-        for a in item.get("attendees") or ()
+        for a in get("attendees") or ()
         if a.get("email") and not a.get("resource")  # meeting rooms are not people
     ]
     data = {
         "event_id": event_id,
         "calendar": calendar_id,
-        "summary": item.get("summary") or "",
-        "start": iso(start),
-        "end": iso(end),
+        "summary": get("summary") or "",
+        "start": start,
+        "end": end,
         "all_day": all_day,
         "status": status,
         "organizer": organizer.get("email"),
@@ -125,16 +130,29 @@ def to_record(calendar_id: str, item: dict[str, Any], where: tzinfo, fallback: d
     return SourceRecord(SOURCE, STREAM, record_id, stamp, data, partition=calendar_id)
 
 
+class _JsonModel(JsonModel):  # type: ignore[misc]  # googleapiclient ships no type information
+    """googleapiclient's own JSON model, with answers decoded by orjson where that is exactly what
+    ``json`` makes of them (``connectors.jsonbody``); anything else takes the model's own way."""
+
+    def deserialize(self, content: Any) -> Any:
+        if content.__class__ is bytes and not self._data_wrapper:
+            decoded = fast_loads(content)
+            if decoded is not NOT_DECODED:
+                return decoded
+        return super().deserialize(content)
+
+
 def build_service(
     settings: GoogleCalendarSettings,
     *,
     subject: str | None = None,
     scopes: tuple[str, ...] = (READONLY_SCOPE,),
+    model: Any = None,
 ) -> Any:
     """A Calendar service on its own httplib2 connection (not thread-safe: one per thread).
 
     ``scopes`` apply to service accounts (the writer asks for the events scope); ``subject`` is the
-    user a service account acts as.
+    user a service account acts as; ``model`` replaces the library's JSON model (None: its own).
     """
     transport = httplib2.Http(timeout=settings.timeout_s, ca_certs=settings.ca_cert)
     http = AuthorizedHttp(build_credentials(settings, subject=subject, scopes=scopes), http=transport)
@@ -145,6 +163,7 @@ def build_service(
         client_options={"api_endpoint": settings.api_endpoint} if settings.api_endpoint else None,
         static_discovery=True,  # the wheel ships the discovery document: no network here
         cache_discovery=False,
+        model=model,
     )
 
 
@@ -152,9 +171,12 @@ class ServicePool:
     """Calendar services, one per thread (httplib2 is not thread-safe) and delegated user; ``close``
     reaches every service built, on any thread. Shared by the reader and the writer."""
 
-    def __init__(self, settings: GoogleCalendarSettings, scopes: tuple[str, ...] = (READONLY_SCOPE,)) -> None:
+    def __init__(
+        self, settings: GoogleCalendarSettings, scopes: tuple[str, ...] = (READONLY_SCOPE,), *, fast_json: bool = False
+    ) -> None:
         self.settings = settings
         self.scopes = scopes
+        self.fast_json = fast_json  # the reader's pool: answers decoded by orjson where exact
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[Any] = []
@@ -166,7 +188,8 @@ class ServicePool:
         found = services.get(subject)
         if found is None:
             try:
-                found = build_service(self.settings, subject=subject, scopes=self.scopes)
+                model = _JsonModel(data_wrapper=False) if self.fast_json else None
+                found = build_service(self.settings, subject=subject, scopes=self.scopes, model=model)
             except ConnectorError:
                 raise
             except Exception as exc:
@@ -203,12 +226,25 @@ class CalendarConnector:
     def __init__(self, settings: GoogleCalendarSettings, mapping: Mapping) -> None:
         self.settings = settings
         self.mapping = mapping
-        self._services = ServicePool(settings)
+        self._services = ServicePool(settings, fast_json=True)
+        self._local = threading.local()
 
     # -- client ----------------------------------------------------------------------------------------
     def service(self, subject: str | None = None) -> Any:
         """The Calendar service of this thread, per delegated user."""
         return self._services.get(subject)
+
+    def _events(self, subject: str | None) -> Any:
+        """``service(subject).events()``, built once per service: the library builds a resource's
+        methods (and their docstrings) anew on every call."""
+        service = self.service(subject)
+        built: dict[str | None, tuple[Any, Any]] | None = getattr(self._local, "events", None)
+        if built is None:
+            built = self._local.events = {}
+        found = built.get(subject)
+        if found is None or found[0] is not service:
+            found = built[subject] = (service, service.events())
+        return found[1]
 
     def _subject(self, calendar_id: str) -> str | None:
         return calendar_id if self.settings.delegate_per_calendar else None
@@ -232,6 +268,7 @@ class CalendarConnector:
 
     def close(self) -> None:
         self._services.close()
+        self._local = threading.local()
 
     # -- calendars -------------------------------------------------------------------------------------
     def calendar_ids(self) -> list[str]:
@@ -271,13 +308,13 @@ class CalendarConnector:
     # -- events ----------------------------------------------------------------------------------------
     def pages(self, calendar_id: str, params: dict[str, Any], what: str) -> Iterator[EventsPage]:
         """events.list page by page: each page is handed over before the next one is asked for."""
-        service = self.service(self._subject(calendar_id))
+        events = self._events(self._subject(calendar_id))
         guard = PageGuard(what)
         page_token: str | None = None
         while True:
 
             def request(token: str | None = page_token) -> Any:
-                return service.events().list(calendarId=calendar_id, pageToken=token, **params)
+                return events.list(calendarId=calendar_id, pageToken=token, **params)
 
             response = self._execute(what, request)
             next_page = response.get("nextPageToken")

@@ -768,3 +768,61 @@ def test_listed_calendars_are_read_as_listed_without_listing(
         connector.close()
     assert units == [WorkUnit("events", "noah.dubois@agency.example"), WorkUnit("events", PRINCIPAL)]
     assert emulator.log.count(endpoint="calendarList.list") == 0
+
+
+def test_one_events_resource_per_service_across_calendars_and_pages(
+    emulator: Emulator, mapping: Mapping, upper: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """googleapiclient builds a resource's methods anew on every ``service.events()``: the reader
+    builds it once per service (per thread and delegated user) and reuses it for every page."""
+    built: list[Any] = []
+    connector = CalendarConnector(emulator.settings(page_size=5), mapping)
+    try:
+        service = connector.service()
+        real = service.events
+        monkeypatch.setattr(service, "events", lambda: built.append(1) or real())
+        calendars = emulator.calendars()[:3]
+        batches = read_all(connector, calendars, {}, upper, full=True)
+        pages = sum(len(b) for b in batches.values())
+        assert pages > len(calendars) and len(built) == 1
+        connector.close()
+        # After close the pool builds a new service, and with it a new resource.
+        assert connector.service() is not service
+        read_all(connector, calendars[:1], {}, upper, full=True)
+        assert len(built) == 1
+    finally:
+        connector.close()
+
+
+def test_the_readers_json_model_decodes_as_the_librarys(emulator: Emulator, mapping: Mapping) -> None:
+    from googleapiclient.model import JsonModel
+
+    from connectors.google_calendar.connector import _JsonModel
+
+    bodies = [
+        b'{"items": [{"id": "e1", "summary": "\xc3\xa9 \\"x\\" <b>", "attendees": []}], "nextSyncToken": "t"}',
+        b"{}",
+        b"[18446744073709551616]",
+        b'["\\ud800"]',
+        b"[NaN]",
+        b"not json",
+        b"",
+        b"plain text",
+        b"\xef\xbb\xbf{}",
+    ]
+    ours, library = _JsonModel(data_wrapper=False), JsonModel(data_wrapper=False)
+    for body in bodies:
+        assert repr(ours.deserialize(body)) == repr(library.deserialize(body)), body
+    assert repr(ours.deserialize('{"a": 1}')) == repr(library.deserialize('{"a": 1}'))
+    with pytest.raises(UnicodeDecodeError):
+        library.deserialize(b'["\xff"]')
+    with pytest.raises(UnicodeDecodeError):
+        ours.deserialize(b'["\xff"]')
+    wrapped_ours, wrapped_library = _JsonModel(data_wrapper=True), JsonModel(data_wrapper=True)
+    assert wrapped_ours.deserialize(b'{"data": {"a": 1}}') == wrapped_library.deserialize(b'{"data": {"a": 1}}')
+    # The reader's services use it; a writer's pool keeps the library's own.
+    connector = CalendarConnector(emulator.settings(), mapping)
+    try:
+        assert isinstance(connector.service()._model, _JsonModel)
+    finally:
+        connector.close()
