@@ -95,10 +95,12 @@ def pull_task(
 
 
 @flow(name="accord-sync", log_prints=False)
-def sync_flow(full: bool = False, mapping_path: str | None = None) -> dict[str, Any]:
+def sync_flow(full: bool = False, mapping_path: str | None = None, partitions: int = 0) -> dict[str, Any]:
     """Pull Salesforce, Jira and Google Calendar, unify into engagements, store them.
 
-    ``full`` re-reads everything instead of continuing from the stored cursors. A run that fails says
+    ``full`` re-reads everything instead of continuing from the stored cursors. ``partitions`` > 0:
+    the engagements are recomputed by that many ``accord-partition`` runs, on any worker of the
+    pool (flows/partition.py), instead of in this run. A run that fails says
     why in words an ops person can act on (``flows.failures``): its state message, the
     ``accord-failure`` artifact and the log.
     """
@@ -110,11 +112,17 @@ def sync_flow(full: bool = False, mapping_path: str | None = None) -> dict[str, 
         mapping = context.mapping = load_mapping(context.mapping_path)
     except Exception as exc:
         raise SyncFailedError(publish("sync", [explain(exc, context)], logger)) from exc
-    return run_sync_flow(settings, mapping, full=full, logger=logger, context=context)
+    return run_sync_flow(settings, mapping, full=full, logger=logger, context=context, partitions=partitions)
 
 
 def run_sync_flow(
-    settings: AccordSettings, mapping: Mapping, *, full: bool, logger: Any, context: FailureContext | None = None
+    settings: AccordSettings,
+    mapping: Mapping,
+    *,
+    full: bool,
+    logger: Any,
+    context: FailureContext | None = None,
+    partitions: int = 0,
 ) -> dict[str, Any]:
     context = context or FailureContext("sync", settings, mapping, str(settings.mapping))
     errors: dict[str, BaseException] = {}  # what stopped each failed source, for its explanation
@@ -140,11 +148,13 @@ def run_sync_flow(
             store = Store(settings.database_url)
             try:
                 store.create_all()
-                report = run_sync(settings, mapping, store, full=full, pull_all=pull_all)
+                report = run_sync(settings, mapping, store, full=full, pull_all=pull_all, unify=partitions <= 0)
             finally:
                 store.dispose()
     except Exception as exc:
         raise SyncFailedError(publish("sync", [explain(exc, context)], logger)) from exc
+    if partitions > 0:
+        return _partitioned(report, partitions, logger)
     assert report.view is not None
     create_markdown_artifact(
         key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
