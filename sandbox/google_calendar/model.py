@@ -9,7 +9,7 @@ small object per meeting.
 
 from __future__ import annotations
 
-import base64
+import binascii
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
@@ -42,6 +42,8 @@ READ_ONLY = frozenset(
 _LEADING = ("summary", "description", "location", "colorId", "creator", "organizer")
 _MIDDLE = ("transparency", "visibility")
 _TRAILING = ("reminders", "eventType")
+# Placed by render() in their own spots; the rest of the descriptive fields follow the middle ones.
+_PLACED = frozenset({*_LEADING, *_MIDDLE, *_TRAILING, "attendees"})
 _TYPED = frozenset(
     {"start", "end", "recurrence", "recurringEventId", "originalStartTime", "iCalUID", "sequence", "status"}
 )
@@ -155,8 +157,12 @@ class CalendarRecord:
 
 
 def html_link(event_id: str, calendar_id: str) -> str:
-    eid = base64.urlsafe_b64encode(f"{event_id} {calendar_id}".encode()).decode().rstrip("=")
-    return f"https://www.google.com/calendar/event?eid={eid}"
+    # base64.urlsafe_b64encode without its two layers of wrappers (one call per rendered event)
+    eid = binascii.b2a_base64(f"{event_id} {calendar_id}".encode(), newline=False).translate(_URLSAFE)
+    return "https://www.google.com/calendar/event?eid=" + eid.decode().rstrip("=")
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def person(email: str, display_name: str | None, calendar_id: str) -> JSON:
@@ -170,11 +176,8 @@ def person(email: str, display_name: str | None, calendar_id: str) -> JSON:
 
 def fields_from_meeting(meeting: Meeting, calendar_id: str, owner_name: str | None) -> JSON:
     """The descriptive fields of a world meeting, as its owner's calendar shows them."""
-    organizer_attendee = next((a for a in meeting.attendees if a.organizer), None)
-    if organizer_attendee is not None:
-        organizer = person(organizer_attendee.email, organizer_attendee.display_name, calendar_id)
-    else:
-        organizer = person(calendar_id, owner_name, calendar_id)
+    own = calendar_id.lower()
+    organizer: JSON | None = None
     attendees: list[JSON] = []
     for a in meeting.attendees:
         entry: JSON = {"email": a.email}
@@ -182,10 +185,19 @@ def fields_from_meeting(meeting: Meeting, calendar_id: str, owner_name: str | No
             entry["displayName"] = a.display_name
         if a.organizer:
             entry["organizer"] = True
-        if a.email.lower() == calendar_id.lower():
+        is_self = a.email.lower() == own
+        if is_self:
             entry["self"] = True
         entry["responseStatus"] = a.response
         attendees.append(entry)
+        if organizer is None and a.organizer:  # the first organizer, as person() renders it
+            organizer = {"email": a.email}
+            if a.display_name:
+                organizer["displayName"] = a.display_name
+            if is_self:
+                organizer["self"] = True
+    if organizer is None:
+        organizer = person(calendar_id, owner_name, calendar_id)
     out: JSON = {"summary": meeting.summary}
     if meeting.description:
         out["description"] = meeting.description
@@ -223,11 +235,13 @@ def render(
     max_attendees: int | None = None,
     occurrence: tuple[EventTime, EventTime, EventTime] | None = None,
     minimal: bool = False,
+    fields: JSON | None = None,
 ) -> JSON:
     """Google's Event JSON for ``record`` (or for one generated occurrence of a master).
 
     ``occurrence`` is ``(start, end, originalStartTime)`` of a generated instance. ``minimal`` gives
     a deletion tombstone: id and status, plus recurringEventId/originalStartTime for instances.
+    ``fields``: the record's ``fields_of``, when the caller already has them.
     """
     original: EventTime | None
     if occurrence is not None:
@@ -247,13 +261,14 @@ def render(
             if original is not None:
                 out["originalStartTime"] = original.render(shown_in)
         return out
-    fields = fields_of(record, calendar.owner_name)
+    if fields is None:
+        fields = fields_of(record, calendar.owner_name)
     out["htmlLink"] = html_link(event_id, calendar.id)
     out["created"] = format_stamp(record.created)
     out["updated"] = format_stamp(record.updated)
-    for key in _LEADING:
-        if key in fields:
-            out[key] = fields[key]
+    leading, middle, rest, trailing = _layout(fields)
+    for key in leading:
+        out[key] = fields[key]
     out["start"] = start.render(shown_in)
     out["end"] = end.render(shown_in)
     if occurrence is None and record.recurrence:
@@ -262,9 +277,8 @@ def render(
         out["recurringEventId"] = recurring_id
         if original is not None:
             out["originalStartTime"] = original.render(shown_in)
-    for key in _MIDDLE:
-        if key in fields:
-            out[key] = fields[key]
+    for key in middle:
+        out[key] = fields[key]
     out["iCalUID"] = record.ical_uid
     out["sequence"] = record.sequence
     attendees = fields.get("attendees")
@@ -275,13 +289,35 @@ def render(
             out["attendeesOmitted"] = True
         else:
             out["attendees"] = attendees
-    for key, value in fields.items():
-        if key not in out and key not in _TRAILING and key not in _TYPED and key != "attendees":
-            out[key] = value
-    for key in _TRAILING:
-        if key in fields:
+    for key in rest:
+        if key not in out:
             out[key] = fields[key]
+    for key in trailing:
+        out[key] = fields[key]
     return out
+
+
+_Layout = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+_LAYOUTS: dict[tuple[str, ...], _Layout] = {}
+
+
+def _layout(fields: JSON) -> _Layout:
+    """Which descriptive fields go where in ``render``'s order, for fields with these keys:
+    leading, middle, the rest (unless the event's own part has them), trailing. Kept per key tuple:
+    events share a few shapes."""
+    keys = tuple(fields)
+    layout = _LAYOUTS.get(keys)
+    if layout is None:
+        layout = (
+            tuple(k for k in _LEADING if k in fields),
+            tuple(k for k in _MIDDLE if k in fields),
+            tuple(k for k in keys if k not in _PLACED and k not in _TYPED),
+            tuple(k for k in _TRAILING if k in fields),
+        )
+        if len(_LAYOUTS) >= 10_000:
+            _LAYOUTS.clear()
+        _LAYOUTS[keys] = layout
+    return layout
 
 
 def instance_suffix(original: EventTime) -> str:

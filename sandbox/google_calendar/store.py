@@ -500,15 +500,34 @@ class CalendarStore:
             out["nextPageToken"] = self._remember(cursor, offset + size, now)
         elif cursor.sync is not None:
             out["nextSyncToken"] = self._encode_sync(replace(cursor.sync, issued=now))
-        out["items"] = [self._render_item(calendar, item, where, cursor.max_attendees) for item in chunk]
+        shared: dict[str, JSON] = {}  # a series' descriptive fields, built once for all its instances here
+        out["items"] = [self._render_item(calendar, item, where, cursor.max_attendees, shared) for item in chunk]
         return out
 
-    def _render_item(self, calendar: CalendarRecord, item: _Item, where: tzinfo, max_attendees: int | None) -> JSON:
+    def _render_item(
+        self,
+        calendar: CalendarRecord,
+        item: _Item,
+        where: tzinfo,
+        max_attendees: int | None,
+        shared: dict[str, JSON] | None = None,
+    ) -> JSON:
         record = item.record
         if item.occurrence is not None:
             times = self._occurrence_times(calendar, record, item.occurrence)
+            fields = None
+            if shared is not None and not item.cancelled:
+                fields = shared.get(record.id)
+                if fields is None:
+                    fields = shared[record.id] = fields_of(record, calendar.owner_name)
             return render(
-                record, calendar, where, max_attendees=max_attendees, occurrence=times, minimal=item.cancelled
+                record,
+                calendar,
+                where,
+                max_attendees=max_attendees,
+                occurrence=times,
+                minimal=item.cancelled,
+                fields=fields,
             )
         minimal = record.status == "cancelled" and (record.deleted_by_api or record.is_exception)
         return render(record, calendar, where, max_attendees=max_attendees, minimal=minimal)

@@ -12,6 +12,8 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sandbox.wallclock import utc_millis, wall_clock
+
 _RFC3339 = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)"
     r"(?P<offset>[Zz]|[+-]\d{2}:?\d{2})?\Z"
@@ -71,14 +73,19 @@ def parse_date(text: str) -> date:
 
 def format_stamp(moment: datetime) -> str:
     """A modification stamp: UTC, milliseconds, ``Z`` (``2023-09-16T08:44:36.296Z``)."""
+    text = utc_millis(moment)  # the same text, several times faster
+    if text is not None:
+        return text
     utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def format_local(moment: datetime, where: tzinfo) -> str:
     """An event time in ``where``: seconds and offset, ``Z`` for a zero offset."""
-    local = moment.astimezone(where)
-    text = local.replace(microsecond=0).isoformat()
+    fast = wall_clock(where).seconds_iso(moment)  # the same text, several times faster
+    if fast is not None:
+        return fast
+    text = moment.astimezone(where).replace(microsecond=0).isoformat()
     if text.endswith("+00:00"):
         return text[:-6] + "Z"
     return text

@@ -31,7 +31,7 @@ from sandbox.jira.model import (
     IssueVersion,
     Project,
 )
-from sandbox.jira.render import Renderer, select_fields, split_list
+from sandbox.jira.render import Renderer, encode, select_fields, split_list
 from sandbox.jira.store import JiraStore, StoreError
 
 API = r"/rest/api/(?P<v>2|3|latest)"  # "latest" is v2, as on Jira Cloud
@@ -380,8 +380,8 @@ class JiraApp(ApiApp):
             for issue_id in page:
                 version = self.store.search_view(issue_id, reconcile, cutoff)
                 if version is not None:  # deleted since the query ran
-                    issues.append(r.issue(version, selection, expand, properties, in_search=True))
-            data: dict[str, Any] = {"issues": issues}
+                    issues.append(r.issue_json(version, selection, expand, properties, in_search=True))
+            data: dict[str, Any] = {}
             following = offset + page_size
             if following < len(ids):
                 if result is None:
@@ -390,7 +390,9 @@ class JiraApp(ApiApp):
                 data["isLast"] = False
             else:
                 data["isLast"] = True
-            return Response.json(data)
+            # {"issues": [...], **data}, with the issues already encoded
+            # {"issues": [...], **data}, the issues already encoded
+            return Response.json_bytes(b'{"issues":[' + b",".join(issues) + b"]," + encode(data)[1:].encode())
 
     def _max_results(self, raw: Any) -> int:
         if raw is None or raw == "":

@@ -6,7 +6,8 @@ descriptions and comment bodies are plain strings on v2 and ADF documents on v3.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -32,6 +33,14 @@ from sandbox.jira.model import (
 from sandbox.jira.store import JiraStore
 
 ISSUE_EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
+
+# JSON text exactly as ``sandbox.http.Response.json`` writes it (json.dumps, compact, not ASCII-only).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+encode = _ENCODER.encode
+encode_string: Callable[[str], str] = json.encoder.encode_basestring
+# Encoded shared shapes kept per store (see ``Renderer.issue_json``); a kind's cache is cleared when
+# it grows past this (writes make new keys, so long-running sandboxes would otherwise only grow).
+MAX_FRAGMENTS = 50_000
 PROJECT_EXPAND = "description,lead,issueTypes,url,projectKeys,permissions,insight"
 
 
@@ -92,6 +101,10 @@ FIELDS: tuple[FieldInfo, ...] = (
     ),
 )
 FIELDS_BY_ID = {f.id: f for f in FIELDS}
+_FIELD_KEYS = {f.id: (json.dumps(f.id) + ":").encode() for f in FIELDS}
+# A selected field: its key (with a leading comma), what writes its value, whether it is `parent`.
+_Writer = tuple[bytes, Callable[[IssueVersion], bytes], bool]
+_ISSUE_HEAD = ('{"expand":"' + ISSUE_EXPAND + '","id":"').encode()
 # Fields an issue's "fields" object can carry (issuekey and statusCategory are search-only).
 ISSUE_FIELDS: tuple[str, ...] = tuple(f.id for f in FIELDS if f.id not in ("issuekey", "statusCategory"))
 NAVIGABLE_FIELDS = frozenset(f for f in ISSUE_FIELDS if FIELDS_BY_ID[f].navigable)
@@ -143,6 +156,14 @@ class Renderer:
         self.base = base_url
         self.version = version
         self.api = f"{base_url}/rest/api/{version}"
+        # Encoded shapes (see issue_json), per API root: they embed this base URL and version.
+        self._fragments = store.fragments.setdefault(self.api, {})
+        self._fragments_status = self._fragments.setdefault("status", {})
+        self._fragments_type = self._fragments.setdefault("issue_type", {})
+        self._fragments_priority = self._fragments.setdefault("priority", {})
+        self._issue_url = encode_string(f"{self.api}/issue/")[1:-1].encode()
+        self._plans: dict[tuple[tuple[str, ...], bool], list[_Writer]] = {}
+        self._last_plan: tuple[tuple[str, ...], bool, list[_Writer]] = ((), False, [])
 
     # -- small shapes --------------------------------------------------------------------------------
     def time(self, moment: datetime | None) -> str | None:
@@ -333,6 +354,133 @@ class Renderer:
         if "changelog" in wanted:
             data["changelog"] = self.changelog(version, limit=20 if in_search else 100)
         return data
+
+    def issue_json(
+        self,
+        version: IssueVersion,
+        selection: FieldSelection,
+        expand: Iterable[str] = (),
+        properties: Iterable[str] = (),
+        *,
+        in_search: bool = False,
+    ) -> bytes:
+        """``issue()`` as UTF-8 JSON, byte for byte what ``Response.json`` makes of it.
+
+        Search pages carry thousands of issues that share a few statuses, types, priorities,
+        projects, users and epics: their JSON is encoded once and kept in ``store.fragments``, keyed
+        by every value it is rendered from (a write simply makes new keys; nothing to invalidate).
+        """
+        if expand or properties:
+            return encode(self.issue(version, selection, expand, properties, in_search=in_search)).encode()
+        issue_id = str(version.id).encode()
+        head = (
+            _ISSUE_HEAD
+            + issue_id
+            + b'","self":"'
+            + self._issue_url
+            + issue_id
+            + b'","key":'
+            + encode_string(version.key).encode()
+        )
+        if not selection.fields:
+            return head + b"}"
+        parts = [head, b',"fields":{']
+        for key, write, parent in self._writers(selection.fields, in_search):
+            if parent and version.parent_id is None:
+                continue  # as issue(): Jira Cloud omits `parent` on issues without one
+            parts.append(key)
+            parts.append(write(version))
+        if len(parts) > 2:
+            parts[2] = parts[2][1:]  # every key carries a leading comma; the first needs none
+        parts.append(b"}}")
+        return b"".join(parts)
+
+    def _writers(self, fields: tuple[str, ...], in_search: bool) -> list[_Writer]:
+        """Per selected field: its key (``,"name":``), what writes its value, whether it is ``parent``."""
+        if fields is self._last_plan[0] and in_search == self._last_plan[1]:
+            return self._last_plan[2]
+        plan = self._plans.get((fields, in_search))
+        if plan is None:
+            plan = self._plans[(fields, in_search)] = [
+                (b"," + _FIELD_KEYS[f], self._writer(f, in_search), f == "parent") for f in fields
+            ]
+        self._last_plan = (fields, in_search, plan)
+        return plan
+
+    def _writer(self, field: str, in_search: bool) -> Callable[[IssueVersion], bytes]:
+        fixed = {
+            "summary": lambda v: encode_string(v.summary).encode(),
+            "status": self._status_json,
+            "issuetype": self._issue_type_json,
+            "priority": self._priority_json,
+            "parent": self._parent_json,
+            "project": self._project_json,
+            "assignee": lambda v: self._user_json(v.assignee),
+            "reporter": lambda v: self._user_json(v.reporter),
+            "creator": lambda v: self._user_json(v.creator),
+            "labels": self._labels_json,
+            "duedate": lambda v: b"null" if v.due_date is None else b'"' + v.due_date.isoformat().encode() + b'"',
+            "created": lambda v: self._time_json(v.created),
+            "updated": lambda v: self._time_json(v.updated),
+            "resolutiondate": lambda v: self._time_json(v.resolution_date),
+            "resolution": lambda v: b"null" if v.resolution is None else self._cached("resolution", v.resolution),
+        }
+        found = fixed.get(field)
+        if found is not None:
+            return found
+        return lambda v: encode(self.field_value(v, field, in_search)).encode()
+
+    def _cached(self, kind: str, key: Any, render: Callable[[], Any] | None = None) -> bytes:
+        """The encoded shape of ``kind`` for ``key`` (made by ``render``, or by the method ``kind``)."""
+        cache = self._fragments.get(kind)
+        if cache is None:
+            cache = self._fragments[kind] = {}
+        text = cache.get(key)
+        if text is None:
+            if len(cache) >= MAX_FRAGMENTS:
+                cache.clear()
+            value = render() if render is not None else getattr(self, kind)(key)
+            text = cache[key] = encode(value).encode()
+        return text
+
+    def _status_json(self, v: IssueVersion) -> bytes:
+        return self._fragments_status.get(v.status) or self._cached("status", v.status)
+
+    def _issue_type_json(self, v: IssueVersion) -> bytes:
+        return self._fragments_type.get(v.issue_type) or self._cached("issue_type", v.issue_type)
+
+    def _priority_json(self, v: IssueVersion) -> bytes:
+        return self._fragments_priority.get(v.priority) or self._cached("priority", v.priority)
+
+    def _labels_json(self, v: IssueVersion) -> bytes:
+        labels = v.labels
+        return self._cached("labels", labels, lambda: list(labels))
+
+    def _project_json(self, v: IssueVersion) -> bytes:
+        project = self.store.projects[v.project_id]
+        return self._cached("project_ref", (project.id, project.key, project.name), lambda: self.project_ref(project))
+
+    def _user_json(self, account_id: str | None) -> bytes:
+        if account_id is None:
+            return b"null"
+        user = self.store.users.get(account_id)
+        if user is None:
+            return encode(self.user(account_id)).encode()
+        key = (user.account_id, user.display_name, user.email, user.email_visible, user.active, user.time_zone)
+        return self._cached("user_of", key, lambda: self.user_of(user))
+
+    def _parent_json(self, v: IssueVersion) -> bytes:
+        parent_id = v.parent_id
+        parent = self.store.issues.get(parent_id) if parent_id is not None else None
+        if parent is None:
+            return b"null"
+        key = (parent.id, parent.key, parent.summary, parent.status, parent.priority, parent.issue_type)
+        return self._cached("parent", key, lambda: self.parent(parent_id))
+
+    def _time_json(self, moment: datetime | None) -> bytes:
+        if moment is None:
+            return b"null"
+        return b'"' + self.store.format_time(moment).encode() + b'"'
 
     def field_value(self, v: IssueVersion, field: str, in_search: bool) -> Any:
         if field == "summary":

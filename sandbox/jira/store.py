@@ -46,6 +46,7 @@ from sandbox.jira.model import (
     Project,
 )
 from sandbox.mutations import Change
+from sandbox.wallclock import wall_clock
 from sandbox.world import World
 
 MAX_PRIOR_VERSIONS = 4
@@ -143,6 +144,9 @@ class JiraStore:
         self._results: OrderedDict[str, ResultSet] = OrderedDict()
         self._result_ids = 0
         self._token_salt = secrets.token_hex(4)
+        # Encoded JSON of shapes many issues share (statuses, users, projects, epics), kept by the
+        # renderer under keys made of every value they are rendered from: see Renderer.issue_json.
+        self.fragments: dict[str, dict[str, dict[Any, bytes]]] = {}
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
@@ -269,6 +273,9 @@ class JiraStore:
 
     def format_time(self, moment: datetime) -> str:
         """Jira's timestamp form in the site zone: ``2022-12-08T02:22:18.889-0800``."""
+        text = wall_clock(self.zone).millis_z(moment)  # the same text, several times faster
+        if text is not None:
+            return text
         local = moment.astimezone(self.zone)
         return f"{local:%Y-%m-%dT%H:%M:%S}.{local.microsecond // 1000:03d}{local:%z}"
 
