@@ -184,11 +184,18 @@ def get_json(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, An
 
 def get_page(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, Any]]:
     """``get_json`` for the reader's pages, which are large: the same request through the same
-    session, the same answer, ``JIRAError`` and log line, with the body decoded by orjson where that
-    is exact (``connectors.jsonbody``) instead of ``Response.json``."""
+    session, the same answer, ``JIRAError`` and log line, with the body read in one piece (requests
+    reads it in 10 KB chunks) and decoded by orjson where that is exact (``connectors.jsonbody``)
+    instead of ``Response.json``."""
 
     def get(client: JIRA) -> dict[str, Any]:
-        response = client._session.get(client._get_url(path), params=params)
+        response = client._session.get(client._get_url(path), params=params, stream=True)
+        try:
+            # Response.content's own steps (iter_content: the same bytes, the same exceptions),
+            # with one read instead of one per 10 KB.
+            response._content = b"".join(response.iter_content(chunk_size=None))
+        finally:
+            response.close()  # the connection goes back to the pool (or away, after an error)
         result: dict[str, Any] = _decode(client, response)
         return result
 
@@ -395,7 +402,8 @@ class JiraConnector:
         while True:
             sent = params if token is None else {**params, "nextPageToken": token}
             result = self.call(what, get_page("search/jql", sent))
-            yield list(result.get("issues") or [])
+            # Taken out of the answer: this frame keeps no page alive while the caller holds it.
+            yield list(result.pop("issues", None) or [])
             token = result.get("nextPageToken")
             if not token or result.get("isLast") is True:
                 return
@@ -412,7 +420,9 @@ class JiraConnector:
             for task in tasks:
                 yield from task()
             return
-        out: queue.Queue[object] = queue.Queue(maxsize=2 * workers)
+        # One waiting item per worker keeps every worker busy while the caller works on another;
+        # a worker whose item does not fit waits with it (at most 2 * workers + 1 items in memory).
+        out: queue.Queue[object] = queue.Queue(maxsize=workers)
         stop = threading.Event()
 
         def put(item: object) -> bool:
@@ -510,9 +520,9 @@ class JiraConnector:
 
     def _read_full(self, reconcile: list[str]) -> Iterator[Batch]:
         keys = self.project_keys()
-        tasks: list[Callable[[], Iterator[list[dict[str, Any]]]]] = [
+        tasks: list[Callable[[], Iterator[list[SourceRecord]]]] = [
             partial(
-                self.search_pages,
+                self._record_pages,
                 f"{jql.project_in(chunk)} ORDER BY key ASC",
                 fields=self.fields,
                 page_size=self.mapping.jira.page_size,
@@ -521,9 +531,20 @@ class JiraConnector:
             )
             for chunk in self._chunks(keys, spread=True)
         ]
-        for page in self._parallel(tasks):
+        for records in self._parallel(tasks):
             # Pages of several projects interleave: no cursor until the whole read is stored.
-            yield Batch(STREAM, "", self._records(page), meta={"pages": 1})
+            yield Batch(STREAM, "", records, meta={"pages": 1})
+
+    def _record_pages(
+        self, query: str, *, fields: Sequence[str], page_size: int, reconcile: Sequence[str], what: str
+    ) -> Iterator[list[SourceRecord]]:
+        """``search_pages`` as records, made by the worker that read the page: what waits for the
+        caller is a page of records, not the answer's much larger JSON."""
+        pages = self.search_pages(query, fields=fields, page_size=page_size, reconcile=reconcile, what=what)
+        for page in pages:
+            records = self._records(page)
+            del page  # gone before the records wait in the queue
+            yield records
 
     def _read_incremental(self, window: Window, reconcile: list[str]) -> Iterator[Batch]:
         if window.lower is None:

@@ -650,3 +650,18 @@ def test_unknown_stream_is_a_config_error(site: Site, mapping: Mapping) -> None:
     with pytest.raises(ConfigError, match="unknown stream"):
         list(connector.read(WorkUnit("sprints"), None, upper=datetime.now(UTC), full=True, reconcile=False))
     assert site.log.last_seq == 0
+
+
+def test_pages_are_read_whole_over_one_kept_alive_connection(site: Site, mapping: Mapping) -> None:
+    """Each page's body is read in one piece (stream=True): the connection still goes back to the
+    pool after every page, so one client makes one connection for all its pages."""
+    connector = site.connector(with_jira(mapping, page_size=7), concurrency=1)
+    try:
+        batches = read(connector, None, full=True)
+        assert len(batches) > 20 and len(records(batches)) == ISSUES
+        [client] = connector._pool._all
+        pools = list(client._session.adapters["http://"].poolmanager.pools._container.values())
+        assert [p.num_connections for p in pools] == [1]
+        assert pools[0].num_requests >= len(batches)
+    finally:
+        connector.close()
