@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 WORKERS = ("accord-worker-1", "accord-worker-2")
 DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+SLOT_WAIT_SECONDS = 5
 MARKER = "ACCORD_CLUSTER_ID"  # in every process the cluster starts, flow runs included: nothing outlives stop()
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -73,7 +75,9 @@ class ClusterOptions:
     prefect_database: str = ""  # "": a fresh uniquely named one
     store_database: str = ""
     workers: tuple[str, ...] = WORKERS
-    worker_limit: int = 2  # flow runs at once per worker (its machine's share); spreads runs over the workers
+    # Flow runs at once per worker (a machine's share): 3 fits a sync and its 4 partitions on two workers
+    # at once, and no worker can take all 4 partitions.
+    worker_limit: int = 3
     size: str = "small"
     seed: int = 1
     schedules: bool = True  # False: pause the deployments' schedules (tests want only the runs they start)
@@ -272,6 +276,11 @@ class Cluster:
             "server",
             {
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_database_url,
+                # Leases of concurrency slots on disk, not in memory: a restarted server still frees the
+                # slot of a partition run that died (with the default, that slot stays taken for good).
+                "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
+                # A run waiting for its partition asks again after at most this (Prefect's default: 30 s).
+                "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": str(SLOT_WAIT_SECONDS),
                 "PREFECT_SERVER_API_HOST": "127.0.0.1",
                 "PREFECT_SERVER_API_PORT": str(self.port),
             },
@@ -350,6 +359,10 @@ class Cluster:
         self._processes.clear()
         self._drop_databases()
         self.timings["stop"] = time.perf_counter() - started
+
+    def alive(self) -> bool:
+        """Every process the cluster started is still running."""
+        return bool(self._processes) and all(p.popen.poll() is None for p in self._processes)
 
     # -- the API -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -504,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=os.environ.get("ACCORD_CLUSTER_POSTGRES_URL", DEFAULT_POSTGRES))
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops everything as cleanly as Ctrl-C
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C, even when started where SIGINT was ignored (`&`)
 
     options = ClusterOptions(
         home=REPO / ".accord" / "cluster",
@@ -536,8 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             partitions = cluster.wait([r.id for r in cluster.children(sync.id)], timeout=60)
             print("\n".join(partition_table(partitions)) or "   no partition runs", flush=True)
             print(f"\nPrefect UI: {cluster.url}; Ctrl-C stops the workers, the server and the sandbox", flush=True)
-            while all(p.popen.poll() is None for p in cluster._processes):
-                time.sleep(1)
+            while cluster.alive():
+                time.sleep(1)  # serving until Ctrl-C; checking that every process is still up
             print(f"a process of the cluster exited; see {cluster.logs}", file=sys.stderr)
             return 1
     except KeyboardInterrupt:
