@@ -22,7 +22,7 @@ from engagement.records import iso, parse_datetime
 
 _fromisoformat = datetime.fromisoformat
 _UTC_HOURS: dict[str, str] = {}  # "2024-04-25T15+01" -> "2024-04-25T14"
-_MAX_HOURS = 100_000  # a few MB at most; a busy org's stamps span far fewer hours
+_MAX_HOURS = 20_000  # about 3 MB; two years of hours in one zone; starts over when full
 
 
 def format_stamp(moment: datetime | None) -> str | None:
