@@ -8,6 +8,7 @@ which worker ran what, the partition locks' hold intervals) go to test-output/cl
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -83,6 +84,26 @@ def _holds(cluster: Cluster, run_ids: list[UUID], timeout: float = 60.0) -> dict
     return poll("the partition runs' concurrency-limit events", complete, timeout=timeout)
 
 
+def _reported_workers(cluster: Cluster, run_ids: list[UUID], timeout: float = 60.0) -> dict[UUID, str]:
+    """The worker each partition run reports in its result, from its last log line ("... done: {...}");
+    logs reach the API in batches, so poll."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTextSearch
+
+    def reported() -> dict[UUID, str] | None:
+        with cluster.client() as client:
+            logs = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids), text=LogFilterTextSearch(query="done:"))
+            )
+        found = {}
+        for log in logs:
+            match = re.search(r"'worker': '([^']*)'", log.message)
+            if match and log.flow_run_id is not None:
+                found[log.flow_run_id] = match.group(1)
+        return found if set(found) == set(run_ids) else None
+
+    return poll("the partition runs' last log lines", reported, timeout=timeout)
+
+
 def test_the_server_keeps_its_state_in_postgresql_and_two_workers_serve_the_pool(cluster: Cluster) -> None:
     assert set(cluster.online_workers()) == {"accord-worker-1", "accord-worker-2"}
     engine = create_engine(cluster.prefect_database_url.replace("+asyncpg", "+psycopg2"))
@@ -123,9 +144,11 @@ def test_a_partitioned_sync_spreads_over_both_workers_and_stores_every_engagemen
     assert {r.parameters.get("work", "engagements") for r in children} == {"engagements"}
     assert [_state(r) for r in children] == ["COMPLETED"] * PARTITIONS
 
-    # The two workers shared the partition runs (each worker labels the runs it submitted).
+    # The two workers shared the partition runs (each worker labels the runs it submitted), and each
+    # run saw its worker's ACCORD_WORKER_NAME (its result, logged in its last line).
     ran = {worker_of(r) for r in children}
     assert ran == {"accord-worker-1", "accord-worker-2"}, f"partition runs by worker: {ran}"
+    assert _reported_workers(cluster, [r.id for r in children]) == {r.id: worker_of(r) for r in children}
 
     # The shared store holds every engagement once: one per Opportunity of the sandbox.
     opportunities = SandboxControl(cluster.sandbox_control).counts()["salesforce"]["Opportunity"]
