@@ -312,3 +312,68 @@ def test_calendar_events_render_as_before(sandbox: Sandbox) -> None:
             base64.urlsafe_b64encode(f"{record.id} {busy.id}".encode()).decode().rstrip("=")
         )
         assert fields_of(record, busy.owner_name) is not None
+
+
+# -- JSON bodies --------------------------------------------------------------------------------------------
+class Text(str):
+    pass
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["str", "int", "bool", "none", "float", "tuple", "dict", "list", "odd"]
+    kind = rng.choice(kinds[:4] if depth > 4 else kinds)
+    if kind == "str":
+        alphabet = 'aZ09 :.,-+eE"\\/\n\t\x00\x1f\x7f é✓\u2028\U0001f600'
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+    if kind == "int":
+        return rng.choice([0, -1, 7, 2**63 - 1, -(2**63), 2**64, -(2**70), True, rng.randrange(-(10**12), 10**12)])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "float":
+        return rng.choice([0.5, -0.0, 1e16, 1e-7, 123456.789, 1e300, float("nan"), float("inf"), 2.0])
+    if kind == "tuple":
+        return tuple(random_value(rng, depth + 1) for _ in range(rng.randrange(3)))
+    if kind == "list":
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(5))]
+    if kind == "dict":
+        return {
+            random_value(rng, 5) if rng.random() < 0.05 else f"k{n}": random_value(rng, depth + 1) for n in range(4)
+        }
+    return rng.choice([Text("sub"), {Text("k"): 1}, datetime_value(), {1: "x"}, {None: 2}])
+
+
+def datetime_value() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def plain_json(data: Any) -> bytes | str:
+    try:
+        return dumps(data)
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        return type(exc).__name__
+
+
+def test_json_bodies_are_exactly_json_dumps() -> None:
+    from sandbox.http import Response
+
+    rng = random.Random(11)
+    fast = 0
+    for _ in range(20_000):
+        data: Any = {"v": random_value(rng)} if rng.random() < 0.5 else [random_value(rng) for _ in range(3)]
+        if rng.random() < 0.3:  # mostly the shapes events have: strings, ints, bools in dicts and lists
+            data = {"items": [{"s": random_value(rng, 5) if rng.random() < 0.9 else 1, "b": True} for _ in range(3)]}
+        want = plain_json(data)
+        try:
+            got: bytes | str = Response.json(data).body
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            got = type(exc).__name__
+        assert got == want, data
+        fast += isinstance(want, bytes) and b"null" not in want
+    assert fast > 2_000
+    lone = {"s": "\ud800"}
+    with pytest.raises(UnicodeEncodeError):
+        Response.json(lone)
