@@ -35,7 +35,11 @@ record_keys = Table(
     Column("id", String(255), primary_key=True),
     Column("key", String(400), primary_key=True),
 )
-Index("ix_record_keys_key", record_keys.c.source, record_keys.c.stream, record_keys.c.key)
+# Covering (id included): without statistics SQLite otherwise prefers the covering primary key and
+# walks every key of the stream for each lookup, which made unify quadratic in a large org.
+record_keys_by_key = Index(
+    "ix_record_keys_key", record_keys.c.source, record_keys.c.stream, record_keys.c.key, record_keys.c.id
+)
 
 cursors = Table(
     "cursors",

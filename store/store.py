@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from engagement.model import Engagement, UnifiedView
 from engagement.records import LOOKUP_STREAMS, SourceRecord, iso, lookup_keys, parse_datetime
 from store.outbox import Outbox
-from store.schema import cursors, engagements, metadata, record_keys, records, sync_runs
+from store.schema import cursors, engagements, metadata, record_keys, record_keys_by_key, records, sync_runs
 
 BATCH_LOOKUP = 500  # ids per IN (...) lookup: well under SQLite's variable limit
 
@@ -46,7 +46,7 @@ class CursorUpdate:
 
 
 # A cursor row saying which version of ``lookup_keys`` the stored keys were made by.
-KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "1")
+KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "2")
 
 
 @dataclass
@@ -110,6 +110,8 @@ class Store:
         """Recompute the lookup keys of every live issue and meeting (a store from before they existed)."""
         with self.engine.begin() as conn:
             conn.execute(delete(record_keys))
+            record_keys_by_key.drop(conn, checkfirst=True)  # version 1's index did not cover the id
+            record_keys_by_key.create(conn)
             for source, stream in LOOKUP_STREAMS:
                 keyed: dict[str, set[str]] = {}
                 for record in self.iter_records(source, stream):  # read on its own connection, streamed
@@ -333,18 +335,11 @@ class Store:
         seen: set[str] = set()
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), BATCH_LOOKUP):
-                matching = (
-                    select(record_keys.c.id)
-                    .where(
-                        record_keys.c.source == source,
-                        record_keys.c.stream == stream,
-                        record_keys.c.key.in_(wanted[start : start + BATCH_LOOKUP]),
-                    )
-                    # Without statistics SQLite walks the primary key's (source, stream) prefix,
-                    # every key of the stream for each lookup: quadratic in a large org.
-                    .with_hint(record_keys, "INDEXED BY ix_record_keys_key", dialect_name="sqlite")
-                    .distinct()
-                )
+                matching = select(record_keys.c.id).where(
+                    record_keys.c.source == source,
+                    record_keys.c.stream == stream,
+                    record_keys.c.key.in_(wanted[start : start + BATCH_LOOKUP]),
+                )  # no DISTINCT: IN dedupes, and DISTINCT would steer SQLite to the primary key's order
                 query = select(records).where(
                     records.c.source == source,
                     records.c.stream == stream,
