@@ -167,7 +167,11 @@ def budget_throttles(settings: AccordSettings) -> Iterator[list[LimitSpec]]:
     if not settings.budget.apis() or not in_flow_run():
         yield []
         return
-    specs = apply_limits(settings.budget)
+    try:
+        specs = apply_limits(settings.budget)
+    except Exception as exc:
+        problem = f"the limit could not be created or updated ({type(exc).__name__}); is PREFECT_API_URL right?"
+        raise BudgetUnavailableError(settings.budget.apis()[0], problem) from exc
     for spec in specs:
         _install(spec.api, prefect_throttle(spec.api, settings.budget))
     log.info(

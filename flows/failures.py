@@ -109,7 +109,7 @@ class FailureContext:
         block = settings.secret_blocks.get(f"{section}.{name}") if settings else None
         if block:
             return f"the Prefect Secret block `{block}` ({env_name(section, name + BLOCK_SUFFIX)})"
-        return f"`{env_name(section, name)}` (or `{env_name(section, name + BLOCK_SUFFIX)}`)"
+        return f"`{env_name(section, name)}` or `{env_name(section, name + BLOCK_SUFFIX)}`"
 
     def kept(self, source: str | None) -> str:
         if self.stage == "push":
@@ -120,7 +120,7 @@ class FailureContext:
         if source in SOURCES:
             return (
                 f"Kept: {SOURCE_NAMES[source]}'s cursors stay at its last stored page, so the next sync continues "
-                "from there; the other sources were stored and the engagements recomputed."
+                "from there; the sources that could be pulled were stored and the engagements recomputed."
             )
         return "Kept: nothing was read or written; cursors, engagements and the outbox are as the last run left them."
 
@@ -230,7 +230,7 @@ def _credential_cause(exc: AuthError, context: FailureContext) -> tuple[str, tup
     source, text = exc.source, str(exc)
     settings = getattr(context.settings, source, None) if context.settings else None
     sandbox = (
-        ("these come from the sandbox at `ACCORD_SANDBOX_CONTROL`: is it the one that is running?",)
+        ("`ACCORD_SANDBOX_CONTROL`: these credentials come from that sandbox, which must be the running one",)
         if context.settings and context.settings.sandbox_control
         else ()
     )
@@ -399,10 +399,12 @@ def _transient(exc: TransientError, context: FailureContext) -> OpsMessage:
 
 # -- configuration: which mapping key, which field ----------------------------------------------------------
 NO_SUCH_COLUMN = re.compile(r"No such column '([A-Za-z0-9_.]+)' on (?:entity '|sobject of type )([A-Za-z0-9_]+)")
+SALESFORCE_HINT = re.compile(r" If you are attempting to use a custom (?:field|object).*?appropriate names\.")
 NOT_SUPPORTED = re.compile(r"sObject type '([A-Za-z0-9_]+)' is not supported")
 JIRA_NO_FIELD = re.compile(r"Field '([^'\n]{1,120})' does not exist")
 JIRA_CF = re.compile(r"^(?:cf\[(\d+)\]|customfield_(\d+))$")
 CALENDAR_OF = re.compile(r"calendar (\S+?):")
+WRITE_FIELDS = re.compile(r"[A-Z_]+ on ([A-Za-z0-9_.]+(?:, ?[A-Za-z0-9_.]+)*)")
 
 
 def salesforce_field_keys(mapping: Mapping, column: str, entity: str | None) -> list[tuple[KeyPath, str]]:
@@ -442,6 +444,7 @@ def _config(exc: ConfigError, context: FailureContext) -> OpsMessage:
             text,
         )
     if source == "salesforce":
+        text = SALESFORCE_HINT.sub("", text)
         column = NO_SUCH_COLUMN.search(text)
         if column:
             field_name, entity = column.group(1), column.group(2)
@@ -709,22 +712,35 @@ def explain_failed_writes(target: str, writes: Sequence[FailedWrite], context: F
     codes = sorted({w.error.split(":", 1)[0].split(" ", 1)[0] for w in writes if w.error})
     causes = [SALESFORCE_CODES[c] for c in codes if c in SALESFORCE_CODES] if target == "salesforce" else []
     checks: list[str] = []
-    if target == "salesforce" and context.mapping is not None:
-        fields: set[str] = set()
+    if target == "salesforce":
+        fields: set[tuple[str, str | None]] = set()
         for w in writes:
-            on = re.search(r" on ([A-Za-z0-9_, .]+?)(?::|$)", w.error)
-            if on:
-                fields.update(f.strip() for f in on.group(1).split(","))
-        for field_name in sorted(fields):
-            checks += [context.mapping_key(k, v) for k, v in salesforce_field_keys(context.mapping, field_name, None)]
-            checks.append(f"the Salesforce field `{field_name}`: it exists, and the integration user may edit it")
+            column = NO_SUCH_COLUMN.search(w.error)
+            if column:
+                fields.add((column.group(1), column.group(2)))
+                continue
+            named = WRITE_FIELDS.match(w.error)  # "INVALID_FIELD_FOR_INSERT_UPDATE on Accord_Stage__c: …"
+            if named:
+                fields.update((f.strip(), None) for f in named.group(1).split(","))
+        for field_name, entity in sorted(fields, key=lambda f: (f[0], f[1] or "")):
+            keys = salesforce_field_keys(context.mapping, field_name, entity) if context.mapping else []
+            checks += [context.mapping_key(k, v) for k, v in keys]
+            where = f"{entity}.{field_name}" if entity else field_name
+            checks.append(
+                f"the Salesforce field `{where}`: it exists (Setup → Object Manager), and the integration user may "
+                "edit it (field-level security)"
+            )
     if not checks:
         checks.append("the error of each record in the table below (`accord status` lists them too)")
     kept = (
-        f"Kept: all {len(writes)} stay in the outbox; "
-        + (f"{retry} will be retried by the next push" if retry else "")
-        + ("; " if retry and refused else "")
-        + (f"{refused} were refused for good and stay listed as failed until the cause is fixed" if refused else "")
+        f"Kept: all {len(writes)} stay in the outbox"
+        + (f"; {retry} will be retried by the next push" if retry else "")
+        + (
+            f"; {refused} were refused by {name} and are not retried automatically: they stay listed as failed "
+            "(`accord status`) until the cause is fixed"
+            if refused
+            else ""
+        )
         + ". Writes that landed are marked and never repeated."
     )
     return OpsMessage(

@@ -49,7 +49,9 @@ def emit_health_events(report: SyncReport) -> int:
     return emitted
 
 
-def _partitioned(report: SyncReport, partitions: int, logger: Any) -> dict[str, Any]:
+def _partitioned(
+    report: SyncReport, partitions: int, logger: Any, fail_if_sources_failed: Callable[[], None]
+) -> dict[str, Any]:
     """After the pull: one ``accord-partition`` run per partition recomputes the engagements."""
     from flows.partition import check, fan_out
 
@@ -58,9 +60,7 @@ def _partitioned(report: SyncReport, partitions: int, logger: Any) -> dict[str, 
     )
     states = fan_out(partitions, "engagements")
     logger.info("partition runs: %s", dict(sorted(states.items())))
-    if report.failed:
-        names = ", ".join(f"{s.source} ({s.error})" for s in report.failed)
-        raise SyncFailedError(f"could not pull {names}; the other sources were stored")
+    fail_if_sources_failed()
     check(states, "engagements")
     return report.to_json() | {"partitions": {str(k): s for k, s in sorted(states.items())}}
 
@@ -153,15 +153,11 @@ def run_sync_flow(
                 store.dispose()
     except Exception as exc:
         raise SyncFailedError(publish("sync", [explain(exc, context)], logger)) from exc
-    if partitions > 0:
-        return _partitioned(report, partitions, logger)
-    assert report.view is not None
-    create_markdown_artifact(
-        key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
-    )
-    logger.info("engagements by health: %s", report.view.health_counts())
-    emit_health_events(report)
-    if report.failed:
+
+    def fail_if_sources_failed() -> None:
+        """Fail the run with an ops message per source that could not be pulled."""
+        if not report.failed:
+            return
         messages = []
         for failed in report.failed:
             error = errors.get(failed.source)
@@ -178,4 +174,14 @@ def run_sync_flow(
                     )
                 )
         raise SyncFailedError(publish("sync", messages, logger))
+
+    if partitions > 0:
+        return _partitioned(report, partitions, logger, fail_if_sources_failed)
+    assert report.view is not None
+    create_markdown_artifact(
+        key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
+    )
+    logger.info("engagements by health: %s", report.view.health_counts())
+    emit_health_events(report)
+    fail_if_sources_failed()
     return report.to_json()

@@ -19,7 +19,7 @@ from accord.settings import DEFAULT_MAPPING, BudgetSettings
 from connectors.errors import TransientError
 from connectors.retry import RetrySettings, call_with_retry, get_throttle, set_throttle
 from engagement.mapping import load_mapping
-from flows.budget import LimitSpec, apply_limits, budget_throttles, limit_name
+from flows.budget import BudgetUnavailableError, LimitSpec, apply_limits, budget_throttles, limit_name
 from flows.engine import pull_source
 from sandbox.app import Sandbox, SandboxOptions
 from sandbox.recorder import RecordedRequest
@@ -202,3 +202,19 @@ def test_limit_names() -> None:
     ]
     with pytest.raises(ValueError, match="unknown API"):
         limit_name("hubspot")
+
+
+def test_limits_that_cannot_be_applied_fail_the_run_naming_the_limit(
+    clean_throttles: None, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.budget
+
+    def unreachable(budget: BudgetSettings) -> list[LimitSpec]:
+        raise ConnectionError("Prefect API unreachable")
+
+    monkeypatch.setattr(flows.budget, "in_flow_run", lambda: True)
+    monkeypatch.setattr(flows.budget, "apply_limits", unreachable)
+    settings = settings_for(sandbox, "sqlite://").model_copy(update={"budget": BudgetSettings(jira_per_second=1.0)})
+    with pytest.raises(BudgetUnavailableError, match="accord-api-jira") as caught, budget_throttles(settings):
+        pass
+    assert "PREFECT_API_URL" in str(caught.value) and get_throttle("jira") is None
