@@ -31,6 +31,7 @@ from sandbox.jira.model import (
     category_of,
 )
 from sandbox.jira.store import JiraStore
+from sandbox.wallclock import wall_clock
 
 ISSUE_EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
 
@@ -162,6 +163,7 @@ class Renderer:
         self._fragments_type = self._fragments.setdefault("issue_type", {})
         self._fragments_priority = self._fragments.setdefault("priority", {})
         self._issue_url = encode_string(f"{self.api}/issue/")[1:-1].encode()
+        self._clock = wall_clock(store.zone)  # what store.format_time writes, straight to JSON
         self._plans: dict[tuple[tuple[str, ...], bool], list[_Writer]] = {}
         self._last_plan: tuple[tuple[str, ...], bool, list[_Writer]] = ((), False, [])
 
@@ -480,7 +482,7 @@ class Renderer:
     def _time_json(self, moment: datetime | None) -> bytes:
         if moment is None:
             return b"null"
-        return b'"' + self.store.format_time(moment).encode() + b'"'
+        return self._clock.millis_z_json(moment) or b'"' + self.store.format_time(moment).encode() + b'"'
 
     def field_value(self, v: IssueVersion, field: str, in_search: bool) -> Any:
         if field == "summary":

@@ -89,6 +89,7 @@ def test_formats_match_astimezone(zone: tzinfo) -> None:
         text = clock.millis_z(moment)
         fast += text is not None
         assert text in (None, jira_old(moment, zone)), moment
+        assert clock.millis_z_json(moment) in (None, f'"{jira_old(moment, zone)}"'.encode()), moment
         assert clock.seconds_iso(moment) in (None, local_old(moment, zone)), moment
         assert format_local(moment, zone) == local_old(moment, zone), moment
         assert format_stamp(moment) == stamp_old(moment), moment
