@@ -36,6 +36,7 @@ _MILLIS_BYTES: Final = tuple(text.encode() for text in _MILLIS)
 
 # A UTC hour whose instants share one local date and hour: "YYYY-MM-DDTHH:", the offset as %z and
 # as isoformat writes it (Z for zero), and the first two as JSON string ends: b'"YYYY-...:', b'-0800"'.
+# An hour without one (a transition inside, an offset of odd minutes, before 1000) has ().
 _Frame = tuple[str, str, str, bytes, bytes]
 
 
@@ -44,7 +45,7 @@ class WallClock:
 
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
-        self._frames: dict[int, _Frame | None] = {}  # UTC hour number -> its frame (None: no frame)
+        self._frames: dict[int, _Frame | tuple[()]] = {}  # UTC hour number -> its frame (or () if none)
         self._offsets: dict[int, timedelta | None] = {}  # UTC hour number -> the offset all that hour
         self._dates: dict[int, str] = {}  # proleptic ordinal -> "YYYY-MM-DD"
         self._z: dict[timedelta, str] = {}  # offset -> strftime's %z ("-0800")
@@ -57,10 +58,10 @@ class WallClock:
         if utc is None:
             return None
         hour = utc.toordinal() * 24 + utc.hour
-        frame = self._frames.get(hour, False)
-        if frame is False:
+        frame = self._frames.get(hour)
+        if frame is None:
             frame = self._frame(utc, hour)
-        if frame is not None:
+        if frame:
             return (
                 frame[0] + _MINUTES_SECONDS[utc.minute * 60 + utc.second] + _MILLIS[utc.microsecond // 1000] + frame[1]
             )
@@ -76,7 +77,7 @@ class WallClock:
         utc = moment if moment.tzinfo is UTC else _utc(moment)
         if utc is None:
             return None
-        frame = self._frames.get(utc.toordinal() * 24 + utc.hour, False)
+        frame = self._frames.get(utc.toordinal() * 24 + utc.hour)
         if frame:
             return (
                 frame[3]
@@ -93,10 +94,10 @@ class WallClock:
         if utc is None:
             return None
         hour = utc.toordinal() * 24 + utc.hour
-        frame = self._frames.get(hour, False)
-        if frame is False:
+        frame = self._frames.get(hour)
+        if frame is None:
             frame = self._frame(utc, hour)
-        if frame is not None:
+        if frame:
             return frame[0] + _MINUTES_SECONDS[utc.minute * 60 + utc.second] + frame[2]
         found = self.split(utc)
         if found is None:
@@ -106,11 +107,11 @@ class WallClock:
         return self.date(local) + clock + self.iso_offset(offset)
 
     # -- hours, offsets and their texts ----------------------------------------------------------
-    def _frame(self, utc: datetime, hour: int) -> _Frame | None:
+    def _frame(self, utc: datetime, hour: int) -> _Frame | tuple[()]:
         offset = self._offsets.get(hour, _UNKNOWN)
         if offset is _UNKNOWN:
             offset = self._learn(utc, hour)
-        frame: _Frame | None = None
+        frame: _Frame | tuple[()] = ()
         if offset is not None and offset % _HOUR == _ZERO:
             local = utc.replace(minute=0, second=0, microsecond=0) + offset  # no overflow: _learn saw it
             if local.year >= 1000:
@@ -194,10 +195,10 @@ def utc_millis(moment: datetime) -> str | None:
     if utc is None:
         return None
     hour = utc.toordinal() * 24 + utc.hour
-    frame = _UTC_CLOCK._frames.get(hour, False)
-    if frame is False:
-        frame = _UTC_CLOCK._frame(utc, hour)
+    frame = _UTC_CLOCK._frames.get(hour)
     if frame is None:
+        frame = _UTC_CLOCK._frame(utc, hour)
+    if not frame:
         return None  # before the year 1000: UTC has a frame for every other hour
     return frame[0] + _MINUTES_SECONDS[utc.minute * 60 + utc.second] + _MILLIS[utc.microsecond // 1000] + "Z"
 
