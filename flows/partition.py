@@ -31,10 +31,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 
-from accord.settings import load_settings
-from engagement.mapping import load_mapping
+from accord.settings import AccordSettings, load_settings
+from engagement.mapping import Mapping, load_mapping
 from engagement.records import iso
+from flows.budget import budget_throttles
 from flows.engine import unify_and_store
+from flows.failures import FailureContext, explain, publish
 from flows.push_engine import push
 from flows.report import engagement_markdown, plan_markdown, push_markdown
 from store import HealthChange, Store
@@ -81,9 +83,24 @@ def partition_flow(partition: int, partitions: int, work: Work = "engagements") 
     """Recompute and store the engagements of one partition of clients, or push for them."""
     _check(partition, partitions)
     logger = get_run_logger()
-    settings = load_settings()
+    context = FailureContext("push" if work == "push" else "sync")
+    try:
+        settings = context.settings = load_settings()
+        context.mapping_path = str(settings.mapping)
+        mapping = context.mapping = load_mapping(context.mapping_path)
+        with budget_throttles(settings):
+            return _run_partition(partition, partitions, work, settings, mapping, logger)
+    except PartitionFailedError:
+        raise
+    except Exception as exc:
+        # In ops words (what, likely cause, what to check, what is kept), like the sync and push runs.
+        raise PartitionFailedError(publish(context.stage, [explain(exc, context)], logger)) from exc
+
+
+def _run_partition(
+    partition: int, partitions: int, work: Work, settings: AccordSettings, mapping: Mapping, logger: Any
+) -> dict[str, Any]:
     mapping_path = Path(settings.mapping)
-    mapping = load_mapping(mapping_path)
     ensure_locks(partitions)
     waited = time.perf_counter()
     with concurrency(lock_name(partition, partitions), occupy=1, strict=True, lease_duration=LEASE_SECONDS):
