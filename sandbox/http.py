@@ -254,7 +254,7 @@ def _make_handler(server: ApiServer) -> type[BaseHTTPRequestHandler]:
             delay = app.faults.delay_seconds()
             if delay:
                 time.sleep(delay)  # latency injected on purpose: this is the emulator, not a test
-            fault = app.faults.decide() if route is not None else None
+            fault = app.faults.decide(self.command) if route is not None else None
             if fault == "drop":
                 self._record(request, endpoint, 0, "drop", started)
                 raise _DropConnection
@@ -269,6 +269,9 @@ def _make_handler(server: ApiServer) -> type[BaseHTTPRequestHandler]:
                     server.errors.append(f"{type(exc).__name__}: {exc}")
                     response = app.server_error(request, 500)
             app.decorate(request, response)
+            if fault == "drop_after":  # the write is done; its answer never leaves
+                self._record(request, endpoint, 0, "drop_after", started)
+                raise _DropConnection
             self._record(request, endpoint, response.status, fault, started)
             self._write(response)
 

@@ -20,9 +20,9 @@ class RecordedRequest:
     method: str
     path: str
     query: dict[str, list[str]]
-    status: int  # 0 when the connection was dropped on purpose
+    status: int  # 0 when the connection was dropped on purpose (no answer was sent)
     endpoint: str  # route name, e.g. "query", "search_jql", "events.list"
-    fault: str | None = None  # "429", "5xx", "drop", "expired" when injected
+    fault: str | None = None  # "429", "5xx", "drop", "drop_after", "expired" when injected
     duration_ms: float = 0.0
     body_keys: tuple[str, ...] = field(default_factory=tuple)
 
