@@ -162,6 +162,10 @@ class Renderer:
         self._fragments_status = self._fragments.setdefault("status", {})
         self._fragments_type = self._fragments.setdefault("issue_type", {})
         self._fragments_priority = self._fragments.setdefault("priority", {})
+        self._fragments_labels = self._fragments.setdefault("labels", {})
+        self._fragments_project = self._fragments.setdefault("project_ref", {})
+        self._fragments_user = self._fragments.setdefault("user_of", {})
+        self._fragments_parent = self._fragments.setdefault("parent", {})
         self._issue_url = encode_string(f"{self.api}/issue/")[1:-1].encode()
         self._clock = wall_clock(store.zone)  # what store.format_time writes, straight to JSON
         self._plans: dict[tuple[tuple[str, ...], bool], list[_Writer]] = {}
@@ -454,13 +458,15 @@ class Renderer:
     def _priority_json(self, v: IssueVersion) -> bytes:
         return self._fragments_priority.get(v.priority) or self._cached("priority", v.priority)
 
+    # The lookups below try their kind's cache inline first: most issues hit it.
     def _labels_json(self, v: IssueVersion) -> bytes:
         labels = v.labels
-        return self._cached("labels", labels, lambda: list(labels))
+        return self._fragments_labels.get(labels) or self._cached("labels", labels, lambda: list(labels))
 
     def _project_json(self, v: IssueVersion) -> bytes:
         project = self.store.projects[v.project_id]
-        return self._cached("project_ref", (project.id, project.key, project.name), lambda: self.project_ref(project))
+        key = (project.id, project.key, project.name)
+        return self._fragments_project.get(key) or self._cached("project_ref", key, lambda: self.project_ref(project))
 
     def _user_json(self, account_id: str | None) -> bytes:
         if account_id is None:
@@ -469,7 +475,7 @@ class Renderer:
         if user is None:
             return encode(self.user(account_id)).encode()
         key = (user.account_id, user.display_name, user.email, user.email_visible, user.active, user.time_zone)
-        return self._cached("user_of", key, lambda: self.user_of(user))
+        return self._fragments_user.get(key) or self._cached("user_of", key, lambda: self.user_of(user))
 
     def _parent_json(self, v: IssueVersion) -> bytes:
         parent_id = v.parent_id
@@ -477,7 +483,7 @@ class Renderer:
         if parent is None:
             return b"null"
         key = (parent.id, parent.key, parent.summary, parent.status, parent.priority, parent.issue_type)
-        return self._cached("parent", key, lambda: self.parent(parent_id))
+        return self._fragments_parent.get(key) or self._cached("parent", key, lambda: self.parent(parent_id))
 
     def _time_json(self, moment: datetime | None) -> bytes:
         if moment is None:
