@@ -108,6 +108,7 @@ def _sandbox_faults(args: argparse.Namespace) -> int:
             "rate_429": args.rate_429,
             "rate_5xx": args.rate_5xx,
             "rate_drop": args.rate_drop,
+            "rate_drop_after": args.rate_drop_after,
             "retry_after_s": args.retry_after,
             "seed": args.seed,
         }.items()
@@ -387,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--rate-429", type=float, help="share of requests rate-limited (0..1)")
     faults.add_argument("--rate-5xx", type=float, help="share of requests answered with 5xx (0..1)")
     faults.add_argument("--rate-drop", type=float, help="share of connections dropped (0..1)")
+    faults.add_argument(
+        "--rate-drop-after",
+        type=float,
+        help="share of writes applied, then their connection closed without an answer (0..1)",
+    )
     faults.add_argument("--retry-after", type=int, help="Retry-After seconds sent with 429s")
     faults.add_argument("--seed", type=int, help="seed of the fault decisions")
     faults.add_argument("--reset", action="store_true", help="clear all faults first")

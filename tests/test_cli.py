@@ -78,6 +78,8 @@ def test_sandbox_faults_requests_mutate_expire(running: Sandbox, capsys: pytest.
     shown = json.loads(capsys.readouterr().out)
     assert shown["jira"]["settings"]["rate_429"] == 0.25 and shown["salesforce"]["settings"]["rate_429"] == 0.0
     assert running.apps["jira"].faults.settings.retry_after_s == 2
+    assert main(["sandbox", "faults", *control, "--api", "jira", "--rate-drop-after", "0.1"]) == 0
+    assert running.apps["jira"].faults.settings.rate_drop_after == 0.1
     assert main(["sandbox", "faults", *control, "--reset"]) == 0
     assert running.apps["jira"].faults.settings.rate_429 == 0.0
     capsys.readouterr()
