@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, inspect, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -31,6 +32,16 @@ BATCH_LOOKUP = 500  # ids per IN (...) lookup: well under SQLite's variable limi
 def _digest(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def json_text(value: Any) -> str:
+    """JSON columns written by orjson (about 10x faster than json; read back by json as before);
+    what orjson refuses (integers beyond 64 bits, non-string keys, lone surrogates) the way
+    SQLAlchemy always wrote it. A NaN, which json wrote as a bare NaN that PostgreSQL refuses, is null."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value)
 
 
 def _now() -> str:
@@ -88,7 +99,11 @@ class Store:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "future": True,
+            "json_serializer": json_text,
+        }
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
         self.engine: Engine = create_engine(url, **kwargs)
