@@ -15,6 +15,8 @@ from typing import Literal
 from engagement.mapping import IdentityMapping
 from engagement.records import Account, Contact, CrmUser
 
+RESOLVED_LIMIT = 20_000  # memoized resolutions held at once
+
 MatchKind = Literal["contact", "user", "client_domain", "internal", "unknown"]
 
 
@@ -100,6 +102,8 @@ class IdentityIndex:
         """Who ``email`` is (memoized: the same addresses attend meeting after meeting)."""
         match = self._resolved.get(email)
         if match is None:
+            if len(self._resolved) >= RESOLVED_LIMIT:
+                self._resolved.clear()  # bounded: a large org's addresses would otherwise all stay
             match = self._resolved[email] = self._resolve(email)
         return match
 
