@@ -44,7 +44,10 @@ CURSOR_FIELD = "SystemModstamp"
 def _normalize(value: Any) -> Any:
     """Salesforce datetimes ("2024-04-25T15:50:37.000+0000") become Accord's ISO Z form."""
     if isinstance(value, str) and len(value) == 28 and value[10] == "T" and value[-5] in "+-":
-        return iso_stamp(value)  # iso(parse_datetime(value)); never None for a non-empty text
+        try:
+            return iso_stamp(value)  # iso(parse_datetime(value)); never None for a non-empty text
+        except ValueError:
+            return value  # a text field that only looks like a datetime stays as written
     return value
 
 

@@ -261,3 +261,14 @@ def test_filter_values_are_escaped_not_pasted(org: Org, mapping: Mapping) -> Non
 def test_settings_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="salesforce auth 'client_credentials' needs consumer_key, consumer_secret"):
         SalesforceSettings(auth="client_credentials")
+
+
+def test_a_text_that_only_looks_like_a_datetime_stays_text() -> None:
+    """28 characters with a T at 10 and a sign 5 from the end: a Salesforce datetime's shape, but
+    free text can have it too; it must not fail the stream."""
+    from connectors.salesforce.connector import _normalize
+
+    looks_like = "Phase two:Tkickoff now -1234"
+    assert len(looks_like) == 28 and looks_like[10] == "T" and looks_like[-5] == "-"
+    assert _normalize(looks_like) == looks_like
+    assert _normalize("2024-04-25T15:50:37.000+0000") == "2024-04-25T15:50:37.000Z"
