@@ -487,7 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Prefect's ephemeral API (no PREFECT_API_URL) gets 20 s to start by default; a loaded machine needs
+# more, and a sync that gives up there has done nothing. Read when Prefect is first imported (lazily,
+# by the commands that run flows), so setting it here takes effect; an explicit value wins.
+EPHEMERAL_STARTUP_S = "120"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_S)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -100,3 +101,17 @@ def test_sandbox_faults_requests_mutate_expire(running: Sandbox, capsys: pytest.
     assert summary["salesforce"] == {"GET query": 1}
     assert main(["sandbox", "faults", *control, "--rate-429", "3"]) == 1
     assert "must be a share between 0 and 1" in capsys.readouterr().err
+
+
+def test_prefects_ephemeral_api_gets_time_to_start_on_a_loaded_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's default (20 s) timed out under load and failed a whole `accord sync`."""
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.setenv(name, "placeholder")  # so the test's end restores the variable's absence
+    monkeypatch.delenv(name)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ[name] == "120"
+    monkeypatch.setenv(name, "7")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ[name] == "7"  # an explicit value wins
