@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
-from flows.ui import POOL, PREFECT, REPO, free_port
+from flows.ui import POOL, PREFECT, REPO, free_port, prefect_cli
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -300,18 +300,7 @@ class Cluster:
 
     def cli(self, *args: str) -> str:
         """The prefect CLI against this server, from the repository; raises with its output if it fails."""
-        result = subprocess.run(  # noqa: S603  # our own venv's prefect CLI
-            [PREFECT, "--no-prompt", *args],
-            cwd=REPO,
-            env=self.env("client"),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result.stdout
+        return prefect_cli(args, self.env("client"), timeout=300)
 
     def _create_pool(self) -> None:
         """``prefect work-pool create accord-local --type process --overwrite``, without a CLI start-up."""

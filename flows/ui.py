@@ -29,6 +29,24 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def prefect_cli(args: tuple[str, ...], env: Mapping[str, str], *, timeout: float) -> str:
+    """The prefect CLI of this venv, run from the repository; raises with its output if it fails."""
+    result = subprocess.run(  # noqa: S603  # our own venv's prefect CLI
+        [PREFECT, "--no-prompt", *args],
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
 POOL = "accord-local"
 
 
@@ -90,18 +108,7 @@ class LocalPrefect:
 
     def cli(self, *args: str, extra: Mapping[str, str] | None = None) -> str:
         """Run the prefect CLI against this server from the repository; raise with its output if it fails."""
-        result = subprocess.run(  # noqa: S603  # our own venv's prefect CLI
-            [PREFECT, "--no-prompt", *args],
-            cwd=REPO,
-            env=self.env(extra),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result.stdout
+        return prefect_cli(args, self.env(extra), timeout=180)
 
     def deploy(self) -> None:
         """The work pool and every deployment of prefect.yaml, as ops would create them."""
