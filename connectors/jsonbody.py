@@ -19,7 +19,7 @@ from typing import Any, Final
 try:
     import orjson
 except ImportError:  # pragma: no cover - the project's environment has it (a Prefect dependency)
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment]  # (absent: every body takes the json path)
 
 NOT_DECODED: Final = object()
 

@@ -48,7 +48,7 @@ def _utc_hour(key: str, local: datetime) -> str:
     found = _UTC_HOURS.get(key)
     if found is None:
         start = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-        found = "%04d-%02d-%02dT%02d" % (start.year, start.month, start.day, start.hour)  # noqa: UP031
+        found = "%04d-%02d-%02dT%02d" % (start.year, start.month, start.day, start.hour)  # noqa: UP031 (fastest)
         if len(_UTC_HOURS) >= _MAX_HOURS:
             _UTC_HOURS.clear()
         _UTC_HOURS[key] = found

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 try:
     import orjson
 except ImportError:  # pragma: no cover - a project dependency; without it every body takes json's path
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment]  # (absent: every body takes the json path)
 
 from sandbox.faults import FaultInjector
 from sandbox.recorder import RequestLog

@@ -49,15 +49,29 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+
+
+def exited_on_their_own(pids: list[int], within: float) -> bool:
+    """Waits until none of ``pids`` runs any more, at most ``within`` seconds; whether they all exited."""
+    deadline = time.monotonic() + within
+    while any(_running(p) for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)  # polling /proc: another process's exit has no event we can wait on here
+    return True
+
+
 def reap_orphans(pids: list[int]) -> int:
     """Kills what a SIGKILLed run left running (Prefect's ephemeral API server); returns how many."""
     left = [p for p in pids if Path(f"/proc/{p}").exists()]
     for p in left:
         os.kill(p, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text() for p in left):
-        assert time.monotonic() < deadline, left
-        time.sleep(0.05)
+    assert exited_on_their_own(left, within=10), left
     return len(left)
 
 
@@ -97,7 +111,7 @@ def test_kill_9_of_accord_sync_and_push_then_a_rerun(tmp_path: Path) -> None:
                     below = descendants(proc.pid)
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(timeout=60)
-                    time.sleep(0.5)  # give orphans a moment to exit on their own, if they would
+                    exited_on_their_own(below, within=0.5)  # orphans that would exit, do so first
                     FIGURES.add("orphans_left_by_kill", reap_orphans(below))
                     break
                 time.sleep(0.001)

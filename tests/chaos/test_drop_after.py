@@ -96,7 +96,7 @@ def test_writes_whose_answers_are_lost_land_exactly_once(
 
             def attempt(n: int) -> bool:
                 reports.append(push(store, settings, mapping, MAPPING_PATH, now=now))  # noqa: B023 (called here)
-                return reports[-1].failed == 0 and not store.outbox.due()  # noqa: B023
+                return reports[-1].failed == 0 and not store.outbox.due()  # noqa: B023 (called here)
 
             runs += converge(attempt, "push_drop_after")
             clear_faults(sandbox)

@@ -124,7 +124,7 @@ def library(r: requests.Response) -> tuple[str, Any]:
 
 def ours(r: requests.Response) -> tuple[str, Any]:
     try:
-        return ("ok", typed(_decode(FakeClient(), r)))  # type: ignore[arg-type]
+        return ("ok", typed(_decode(FakeClient(), r)))  # type: ignore[arg-type]  # (stand-in client)
     except Exception as exc:
         return ("error", type(exc).__name__)
 
@@ -163,13 +163,13 @@ def test_decode_is_the_librarys(body: bytes, content_type: str | None) -> None:
 
 def test_decode_logs_an_unreadable_body_like_the_library(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="jira"), pytest.raises(ValueError):
-        _decode(FakeClient(), response(b"not json"))  # type: ignore[arg-type]
+        _decode(FakeClient(), response(b"not json"))  # type: ignore[arg-type]  # (stand-in client)
     assert len(caplog.records) == 1 and caplog.records[0].getMessage().endswith("\nnot json")
 
 
 def test_decode_raises_jira_error_for_a_failed_response() -> None:
     with pytest.raises(JIRAError):
-        _decode(FakeClient(), response(b'{"errorMessages": ["no"]}', status=400))  # type: ignore[arg-type]
+        _decode(FakeClient(), response(b'{"errorMessages": ["no"]}', status=400))  # type: ignore[arg-type]  # (stand-in client)
 
 
 @pytest.mark.parametrize("content_type", ["application/json;charset=UTF-8", "application/json", None])
@@ -180,4 +180,4 @@ def test_a_plain_page_never_reaches_the_librarys_decoder(
         raise AssertionError("decoded by requests")
 
     monkeypatch.setattr("connectors.jira.connector.json_loads", refuse)
-    assert _decode(FakeClient(), response(BODIES[0], content_type))["nextPageToken"] == "t"  # type: ignore[arg-type]
+    assert _decode(FakeClient(), response(BODIES[0], content_type))["nextPageToken"] == "t"  # type: ignore[arg-type]  # (stand-in client)

@@ -191,7 +191,7 @@ def reference_render(
         event_id = f"{record.id}_{instance_suffix(original)}"
         recurring_id: str | None = record.id
     else:
-        start, end, original = record.start, record.end, record.original_start  # type: ignore[assignment]
+        start, end, original = record.start, record.end, record.original_start  # type: ignore[assignment]  # (a series: times set)
         event_id = record.id
         recurring_id = record.recurring_event_id
     out: dict[str, Any] = {"kind": "calendar#event", "etag": record.etag(), "id": event_id}
