@@ -8,6 +8,7 @@ confidence match to that client: an unknown stakeholder to review, never dropped
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -62,17 +63,11 @@ class IdentityIndex:
         self._aliases: dict[str, str] = {}
         for alias, target in identity.aliases.items():
             self._aliases[normalize_email(alias, identity)] = normalize_email(target, identity)
+        self._by_target: dict[str, list[str]] = {}
+        for alias, target in self._aliases.items():
+            self._by_target.setdefault(target, []).append(alias)
         self._internal = {d.lower() for d in identity.internal_domains}
-        self._contacts: dict[str, Contact] = {}
-        self.duplicate_contact_emails: set[str] = set()
-        for contact in sorted(contacts, key=lambda c: c.id):
-            if not contact.email:
-                continue
-            key = self.normalize(contact.email)
-            if key in self._contacts:
-                self.duplicate_contact_emails.add(key)  # several contacts share one address: first id wins
-                continue
-            self._contacts[key] = contact
+        self._contacts = self._by_address(contacts)
         self._users: dict[str, CrmUser] = {}
         for user in sorted(users, key=lambda u: u.id):
             if user.email:
@@ -84,6 +79,28 @@ class IdentityIndex:
         # A domain claimed by several clients (a shared provider) identifies none of them.
         self._domains = {d: next(iter(ids)) for d, ids in owners.items() if len(ids) == 1}
         self._resolved: dict[str, IdentityMatch] = {}
+
+    def _by_address(self, contacts: Iterable[Contact]) -> dict[str, Contact]:
+        by_address: dict[str, Contact] = {}
+        for contact in sorted(contacts, key=lambda c: c.id):
+            if contact.email:
+                # Several contacts share one address: the first id wins.
+                by_address.setdefault(self.normalize(contact.email), contact)
+        return by_address
+
+    def with_contacts(self, contacts: Iterable[Contact]) -> IdentityIndex:
+        """This index (users, domains, aliases) over other contacts: a group's share of the org. It
+        resolves an address exactly as the whole org's index would when ``contacts`` holds every
+        contact whose address normalizes to it (see ``engagement.partition.contact_keys``)."""
+        index = copy.copy(self)
+        index._contacts = self._by_address(contacts)
+        index._resolved = {}
+        return index
+
+    def preimages(self, address: str) -> set[str]:
+        """Every address (plus tag dropped, no alias applied) that may normalize to ``address``: itself
+        and the aliases of it (a superset: the index decides exactly)."""
+        return {address, *self._by_target.get(address, ())}
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -127,6 +144,3 @@ class IdentityIndex:
 
     def contact_for(self, email: str | None) -> Contact | None:
         return self._contacts.get(self.normalize(email)) if email else None
-
-    def user_for(self, email: str | None) -> CrmUser | None:
-        return self._users.get(self.normalize(email)) if email else None

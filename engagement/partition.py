@@ -3,13 +3,15 @@ clients can be processed by different flow runs.
 
 Every engagement belongs to its client (the Account). Clients are split into ``partitions`` by a
 stable hash of the account id; within one partition they are packed into groups of about
-``group_size`` engagements (a client is never split). A group needs the CRM reference data (small:
-who is who) and only the issues of its engagements' projects and the meetings whose attendees
-could be its clients' people, which the store finds through lookup keys
-(``engagement.records.lookup_keys``). The result is exactly ``unify`` over everything: a meeting
-with several clients' attendees is reported once, by the group of the smallest account id, and the
-two org-wide counts (meetings with no client attendee, issues of no engagement) are computed from
-the keys alone.
+``group_size`` engagements (a client is never split). Held org-wide is only the ``Directory``:
+one row per client, engagement and colleague. A group reads, through the store's lookup keys
+(``engagement.records.lookup_keys``), its clients' contacts, its engagements' contact roles, the
+issues of its engagements' projects, the meetings whose attendees could be its clients' people,
+and the contacts those attendees could be, so memory holds one group's people, never the org's.
+The result is exactly ``unify`` over everything: a meeting with several clients' attendees is
+reported once, by the group of the smallest account id, and the two org-wide counts (meetings
+with no client attendee, issues of no engagement) are computed from the keys, a chunk of meetings
+at a time.
 """
 
 from __future__ import annotations
@@ -17,28 +19,33 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import groupby
 from typing import Protocol
 
-from engagement.identity import email_domain
+from engagement.identity import IdentityIndex, email_domain
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
 from engagement.records import (
     MEETING_MARK,
     UNFAITHFUL,
     CalendarEvent,
+    Contact,
+    ContactRole,
     Opportunity,
     SourceRecord,
     WorkItem,
+    account_key,
     fit_key,
+    opportunity_key,
     project_key,
 )
 from engagement.unify import Reference, Snapshot, unify_group
 
 GROUP_SIZE = 100  # engagements per group: bounds the issues and meetings held at once
-REFERENCE_STREAMS = ("accounts", "contacts", "opportunities", "contact_roles", "users")
+DIRECTORY_STREAMS = ("accounts", "opportunities", "users")  # org-wide: one row per client, engagement, colleague
+COUNT_CHUNK = 2_000  # meetings resolved at once when counting those without a client attendee
 
 
 class RecordSource(Protocol):
@@ -66,34 +73,48 @@ class Group:
     opportunities: list[Opportunity] = field(default_factory=list)
 
 
-def load_reference(source: RecordSource, mapping: Mapping) -> Reference:
+@dataclass
+class Directory:
+    """The org-wide part of the CRM, one row per client, engagement or colleague: accounts (their
+    domains), users, engagements and their Jira projects, and which accounts have contacts. Contacts
+    and contact roles, one row per person, are read group by group (``group_reference``)."""
+
+    base: Reference  # no contacts, no roles; its index knows users, client domains and aliases
+    contact_accounts: set[str]
+
+    @property
+    def opportunities(self) -> list[Opportunity]:
+        return self.base.opportunities
+
+
+def load_directory(source: RecordSource, mapping: Mapping) -> Directory:
     snapshot = Snapshot.from_records(
-        record for stream in REFERENCE_STREAMS for record in source.iter_records("salesforce", stream)
+        record for stream in DIRECTORY_STREAMS for record in source.iter_records("salesforce", stream)
     )
-    return Reference.build(snapshot, mapping)
+    accounts = {key[2:] for key in source.key_counts("salesforce", "contacts", "a:")}
+    return Directory(Reference.build(snapshot, mapping), accounts)
 
 
-def client_ids(reference: Reference) -> set[str]:
+def client_ids(directory: Directory) -> set[str]:
     """Every account a match can name: accounts, and the accounts contacts and engagements point to."""
-    ids = set(reference.accounts)
-    ids.update(c.account_id for c in reference.contacts.values() if c.account_id)
-    ids.update(o.account_id or "" for o in reference.opportunities)
+    ids = set(directory.base.accounts) | directory.contact_accounts
+    ids.update(o.account_id or "" for o in directory.opportunities)
     return ids
 
 
 def plan_groups(
-    reference: Reference, *, partition: int = 0, partitions: int = 1, group_size: int = GROUP_SIZE
+    directory: Directory, *, partition: int = 0, partitions: int = 1, group_size: int = GROUP_SIZE
 ) -> list[Group]:
     """The groups of one partition, in account order; every client of the partition is in one group
     (clients without engagements too: a meeting with several clients is reported by one of them)."""
     if partitions < 1 or not 0 <= partition < partitions:
         raise ValueError(f"partition {partition} of {partitions}: expected 0 <= partition < partitions")
     by_account: dict[str, list[Opportunity]] = defaultdict(list)
-    for o in reference.opportunities:
+    for o in directory.opportunities:
         by_account[o.account_id or ""].append(o)
     groups: list[Group] = []
     current = Group()
-    for account in sorted(client_ids(reference)):
+    for account in sorted(client_ids(directory)):
         if partition_of(account, partitions) != partition:
             continue
         current.accounts.append(account)
@@ -106,14 +127,11 @@ def plan_groups(
     return groups
 
 
-def meeting_keys(reference: Reference, accounts: Iterable[str]) -> set[str]:
-    """Keys that select every meeting an attendee of ``accounts`` could be matched in (maybe more)."""
-    index = reference.index
+def meeting_keys(index: IdentityIndex, contacts: Iterable[Contact], accounts: Iterable[str]) -> set[str]:
+    """Keys that select every meeting an attendee of ``accounts`` could be matched in (maybe more);
+    ``contacts`` must hold every contact of ``accounts``."""
     wanted = set(accounts)
-    addresses: set[str] = set()
-    for contact in reference.contacts.values():
-        if contact.account_id in wanted and contact.email:
-            addresses.add(index.normalize(contact.email))
+    addresses = {index.normalize(c.email) for c in contacts if c.account_id in wanted and c.email}
     domains = {domain for domain, owner in index.domains.items() if owner in wanted}
     aliases = {
         alias for alias, target in index.aliases.items() if target in addresses or email_domain(target) in domains
@@ -121,6 +139,68 @@ def meeting_keys(reference: Reference, accounts: Iterable[str]) -> set[str]:
     keys = {f"{prefix}{a}" for a in addresses | aliases for prefix in ("e:", "s:")}
     keys.update("d:" + domain for domain in domains)
     return {fit_key(k) for k in keys}
+
+
+def contact_keys(index: IdentityIndex, addresses: Iterable[str]) -> set[str]:
+    """Keys that select every contact whose address normalizes to one of ``addresses`` (normalized),
+    maybe more: as written (``e:``) or with a plus tag (``s:``), directly or through an alias, and
+    the contacts whose address a key cannot reproduce (``u:``)."""
+    keys = {UNFAITHFUL}
+    for address in addresses:
+        for written in index.preimages(address):
+            keys.add(fit_key("e:" + written))
+            keys.add(fit_key("s:" + written))
+    return keys
+
+
+def _contacts(records: Iterable[SourceRecord]) -> dict[str, Contact]:
+    return {r.id: Contact.from_record(r) for r in records if not r.deleted}
+
+
+def group_reference(
+    source: RecordSource, directory: Directory, group: Group
+) -> tuple[Reference, list[WorkItem], list[CalendarEvent]]:
+    """What one group's unify needs: its clients' contacts and its engagements' roles (with their
+    contacts), its issues and meetings, and every contact its meetings' attendees could be."""
+    base = directory.base
+    index = base.index
+    contacts = _contacts(
+        source.records_by_keys("salesforce", "contacts", (account_key(a) for a in group.accounts if a))
+    )
+    roles = sorted(
+        (
+            ContactRole.from_record(r)
+            for r in source.records_by_keys(
+                "salesforce", "contact_roles", (opportunity_key(o.id) for o in group.opportunities)
+            )
+        ),
+        key=lambda role: role.id,
+    )
+    projects = {p for o in group.opportunities if (p := base.project.get(o.id))}
+    issues = [WorkItem.from_record(r) for r in source.records_by_keys("jira", "issues", map(project_key, projects))]
+    events = [
+        e
+        for r in source.records_by_keys(
+            "google_calendar", "events", meeting_keys(index, contacts.values(), group.accounts)
+        )
+        if (e := CalendarEvent.from_record(r)) is not None
+    ]
+    attendees = {index.normalize(a.email) for e in events for a in e.attendees}
+    contacts.update(_contacts(source.records_by_keys("salesforce", "contacts", contact_keys(index, attendees))))
+    for role in roles:
+        if role.contact_id not in contacts:
+            record = source.record_by_id("salesforce", "contacts", role.contact_id)
+            contacts.update(_contacts([record] if record else []))
+    roles_by_opportunity: dict[str, list[ContactRole]] = defaultdict(list)
+    for role in roles:
+        roles_by_opportunity[role.opportunity_id].append(role)
+    reference = replace(
+        base,
+        contacts={c.id: c for c in sorted(contacts.values(), key=lambda c: c.id)},
+        roles_by_opportunity=roles_by_opportunity,
+        index=index.with_contacts(contacts.values()),
+    )
+    return reference, issues, events
 
 
 def unify_groups(
@@ -131,18 +211,12 @@ def unify_groups(
     partition: int = 0,
     partitions: int = 1,
     group_size: int = GROUP_SIZE,
-    reference: Reference | None = None,
+    directory: Directory | None = None,
 ) -> Iterator[tuple[Group, UnifiedView]]:
     """Each group of the partition with its engagements (counts: see ``org_counts``)."""
-    reference = reference or load_reference(source, mapping)
-    for group in plan_groups(reference, partition=partition, partitions=partitions, group_size=group_size):
-        projects = {p for o in group.opportunities if (p := reference.project.get(o.id))}
-        issues = [WorkItem.from_record(r) for r in source.records_by_keys("jira", "issues", map(project_key, projects))]
-        events = [
-            e
-            for r in source.records_by_keys("google_calendar", "events", meeting_keys(reference, group.accounts))
-            if (e := CalendarEvent.from_record(r)) is not None
-        ]
+    directory = directory or load_directory(source, mapping)
+    for group in plan_groups(directory, partition=partition, partitions=partitions, group_size=group_size):
+        reference, issues, events = group_reference(source, directory, group)
         owned = set(group.accounts)
         view = unify_group(reference, group.opportunities, issues, events, mapping, now, _first_in(owned))
         yield group, view
@@ -152,23 +226,37 @@ def _first_in(owned: set[str]) -> Callable[[list[str]], bool]:
     return lambda accounts: accounts[0] in owned
 
 
-def org_counts(source: RecordSource, reference: Reference) -> tuple[int, int]:
-    """(meetings with no client attendee, issues of no engagement) over the whole store, from keys."""
-    linked = {project_key(p) for p in reference.project.values() if p}
+def org_counts(source: RecordSource, directory: Directory) -> tuple[int, int]:
+    """(meetings with no client attendee, issues of no engagement) over the whole store, from keys;
+    meetings are resolved ``COUNT_CHUNK`` at a time, with only the contacts their attendees could be."""
+    linked = {project_key(p) for p in directory.base.project.values() if p}
     orphans = sum(n for key, n in source.key_counts("jira", "issues", "p:").items() if key not in linked)
     internal = 0
+    chunk: list[list[str]] = []
     rows = source.iter_keys("google_calendar", "events", ("e:", MEETING_MARK, UNFAITHFUL))
     for record_id, keys in groupby(rows, key=lambda row: row[0]):
         found = [key for _, key in keys]
         if UNFAITHFUL in found:
             record = source.record_by_id("google_calendar", "events", record_id)
             event = CalendarEvent.from_record(record) if record else None
-            addresses = [a.email for a in event.attendees] if event else []
+            chunk.append([a.email for a in event.attendees] if event else [])
         else:
-            addresses = [key[2:] for key in found if key.startswith("e:")]
-        if not any(_client(reference, a) for a in addresses):
-            internal += 1
-    return internal, orphans
+            chunk.append([key[2:] for key in found if key.startswith("e:")])
+        if len(chunk) >= COUNT_CHUNK:
+            internal += _without_client(source, directory, chunk)
+            chunk = []
+    return internal + _without_client(source, directory, chunk), orphans
+
+
+def _without_client(source: RecordSource, directory: Directory, meetings: list[list[str]]) -> int:
+    if not meetings:
+        return 0
+    base = directory.base.index
+    addresses = {base.normalize(a) for attendees in meetings for a in attendees}
+    index = base.with_contacts(
+        _contacts(source.records_by_keys("salesforce", "contacts", contact_keys(base, addresses))).values()
+    )
+    return sum(1 for attendees in meetings if not any(_client(index, a) for a in attendees))
 
 
 def unify_all(
@@ -176,15 +264,15 @@ def unify_all(
 ) -> UnifiedView:
     """All groups of all partitions as one view: equal to ``unify`` over everything (for tests and
     small orgs; the sync stores group by group instead of holding every engagement)."""
-    reference = load_reference(source, mapping)
+    directory = load_directory(source, mapping)
     views = [
         view
         for partition in range(partitions)
         for _, view in unify_groups(
-            source, mapping, now, partition=partition, partitions=partitions, group_size=group_size, reference=reference
+            source, mapping, now, partition=partition, partitions=partitions, group_size=group_size, directory=directory
         )
     ]
-    internal, orphans = org_counts(source, reference)
+    internal, orphans = org_counts(source, directory)
     return UnifiedView(
         engagements=tuple(sorted((e for v in views for e in v.engagements), key=lambda e: e.id)),
         unknown_stakeholders=tuple(sorted((u for v in views for u in v.unknown_stakeholders), key=lambda u: u.email)),
@@ -196,16 +284,19 @@ def unify_all(
     )
 
 
-def _client(reference: Reference, address: str) -> bool:
-    match = reference.index.resolve(address)
+def _client(index: IdentityIndex, address: str) -> bool:
+    match = index.resolve(address)
     return match.kind in ("contact", "client_domain") and match.account_id is not None
 
 
 __all__ = [
     "GROUP_SIZE",
+    "Directory",
     "Group",
     "RecordSource",
-    "load_reference",
+    "contact_keys",
+    "group_reference",
+    "load_directory",
     "meeting_keys",
     "org_counts",
     "partition_of",

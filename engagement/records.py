@@ -253,7 +253,12 @@ class CalendarEvent:
 # The store indexes each live issue and meeting under these keys so unify can read the records of one
 # group of clients without reading the whole store. A key set may select more than a group needs (unify
 # resolves every address exactly); it must never select less.
-LOOKUP_STREAMS = (("jira", "issues"), ("google_calendar", "events"))
+LOOKUP_STREAMS = (
+    ("jira", "issues"),
+    ("google_calendar", "events"),
+    ("salesforce", "contacts"),
+    ("salesforce", "contact_roles"),
+)
 MEETING_MARK = "x:"  # every countable meeting has it, so meetings without any attendee are found too
 KEY_LIMIT = 400  # the store's key column
 UNFAITHFUL = "u:"  # a meeting with an address its "e:" key does not reproduce exactly: read it in full
@@ -289,12 +294,29 @@ def project_key(project: str) -> str:
     return fit_key("p:" + project.upper())
 
 
+def account_key(account_id: str) -> str:
+    return fit_key("a:" + account_id)
+
+
+def opportunity_key(opportunity_id: str) -> str:
+    return fit_key("o:" + opportunity_id)
+
+
 def lookup_keys(record: SourceRecord) -> set[str]:
-    """The keys of a live issue (its project) or meeting (its attendees); none for anything else."""
+    """The keys of a live issue (its project), meeting (its attendees), contact (its account and
+    address, without the domain) or contact role (its engagement); none for anything else."""
     if record.deleted:
         return set()
     if record.source == "jira" and record.stream == "issues":
         return {project_key(str(record.data.get("project")))}
+    if record.source == "salesforce" and record.stream == "contacts":
+        contact = Contact.from_record(record)
+        keys = {k for k in address_keys(contact.email) if not k.startswith("d:")} if contact.email else set()
+        if contact.account_id:
+            keys.add(account_key(contact.account_id))
+        return keys
+    if record.source == "salesforce" and record.stream == "contact_roles":
+        return {opportunity_key(ContactRole.from_record(record).opportunity_id)}
     if record.source == "google_calendar" and record.stream == "events":
         event = CalendarEvent.from_record(record)
         if event is None or event.status == "cancelled":

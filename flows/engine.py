@@ -23,7 +23,7 @@ from connectors.base import SourceConnector, WorkUnit
 from connectors.incremental import Batch
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
-from engagement.partition import load_reference, org_counts, partition_of, unify_groups
+from engagement.partition import load_directory, org_counts, partition_of, unify_groups
 from engagement.records import iso, parse_datetime
 from store import BatchResult, CursorUpdate, HealthChange, Store
 
@@ -246,15 +246,15 @@ def unify_and_store(
 ) -> tuple[ViewSummary, list[HealthChange]]:
     """Recompute and store the engagements of one partition of clients, group by group, so memory
     holds one group's issues and meetings at a time; drop the partition's vanished engagements."""
-    reference = load_reference(store, mapping)
+    directory = load_directory(store, mapping)
     summary = ViewSummary()
     changes: list[HealthChange] = []
-    for _, view in unify_groups(store, mapping, now, partition=partition, partitions=partitions, reference=reference):
+    for _, view in unify_groups(store, mapping, now, partition=partition, partitions=partitions, directory=directory):
         changes += store.save_engagements(view.engagements, now)
         summary.add(view)
-    live = {o.id for o in reference.opportunities}
+    live = {o.id for o in directory.opportunities}
     changes += store.drop_engagements_except(live, lambda client: partition_of(client, partitions) == partition)
-    summary.meetings_internal, summary.issues_without_engagement = org_counts(store, reference)
+    summary.meetings_internal, summary.issues_without_engagement = org_counts(store, directory)
     return summary, changes
 
 

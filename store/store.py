@@ -56,8 +56,9 @@ class CursorUpdate:
     value: str | None
 
 
-# A cursor row saying which version of ``lookup_keys`` the stored keys were made by.
-KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "2")
+# A cursor row saying which version of ``lookup_keys`` the stored keys were made by (2: issues and
+# meetings; 3: contacts and contact roles too).
+KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "3")
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Store:
             self.rebuild_lookup_keys()
 
     def rebuild_lookup_keys(self) -> None:
-        """Recompute the lookup keys of every live issue and meeting (a store from before they existed)."""
+        """Recompute the lookup keys of every live record of ``LOOKUP_STREAMS`` (a store from before them)."""
         with self.engine.begin() as conn:
             conn.execute(delete(record_keys))
             record_keys_by_key.drop(conn, checkfirst=True)  # version 1's index did not cover the id

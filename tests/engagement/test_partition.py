@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engagement.mapping import Mapping, load_mapping
-from engagement.partition import load_reference, partition_of, plan_groups, unify_all
+from engagement.partition import load_directory, partition_of, plan_groups, unify_all
 from engagement.records import SourceRecord, address_keys, iso, lookup_keys
 from engagement.unify import Snapshot, unify
 from sandbox.generator import generate_world
@@ -95,13 +95,13 @@ def test_groups_read_only_their_share_of_issues_and_meetings(mapping: Mapping) -
 
 def test_every_client_is_in_exactly_one_group_of_its_partition(mapping: Mapping) -> None:
     records = world_records(generate_world("small", 4, NOW))
-    reference = load_reference(MemorySource(records), mapping)
+    directory = load_directory(MemorySource(records), mapping)
     seen: list[str] = []
     for partition in range(3):
-        for group in plan_groups(reference, partition=partition, partitions=3, group_size=3):
+        for group in plan_groups(directory, partition=partition, partitions=3, group_size=3):
             assert all(partition_of(a, 3) == partition for a in group.accounts)
             seen.extend(group.accounts)
-    assert len(seen) == len(set(seen)) and set(seen) >= {o.account_id for o in reference.opportunities}
+    assert len(seen) == len(set(seen)) and set(seen) >= {o.account_id for o in directory.opportunities}
 
 
 def test_hostile_addresses_are_resolved_exactly(mapping: Mapping) -> None:
@@ -199,3 +199,87 @@ def test_meetings_found_by_one_key_only_are_attributed_as_in_the_whole(
     seen = {a.ref for e in expected.engagements for a in e.activity} | {a.event_id for a in expected.ambiguous_meetings}
     assert {"crafted1", "crafted2", "crafted3", "crafted4"} <= seen
     assert unify_all(MemorySource(records), aliased, NOW, partitions=partitions, group_size=group_size) == expected
+
+
+def _crafted_people(mapping: Mapping) -> tuple[list[SourceRecord], Mapping]:
+    """People a group must read beyond its own clients' contacts: another client's contact at a
+    shared provider stored with a plus tag, one reached only through an alias, one whose stored
+    address is odd (brackets and spaces), two contacts sharing one address, and a role naming another
+    client's contact who never attends."""
+    records = world_records(generate_world("small", 4, NOW))
+    contacts = [r for r in records if r.stream == "contacts" and r.data.get("email")]
+    accounts = sorted({str(c.data["account"]) for c in contacts})
+    own = next(c for c in contacts if c.data["account"] == accounts[0])
+    others = [c for c in contacts if c.data["account"] == accounts[-1]][:5]
+    emails = {
+        others[0].id: "B.Person+crm@gmail.example",
+        others[1].id: "old.b@legacy.example",
+        others[2].id: " < B.Odd@gmail.example > ",
+        others[3].id: "shared.desk@gmail.example",
+    }
+    changed = {c.id: replace(c, data={**c.data, "email": emails[c.id]}) for c in others[:4]}
+    twin = replace(own, id=own.id + "0", data={**own.data, "email": "Shared.Desk@gmail.example"})
+    opportunity = next(r for r in records if r.stream == "opportunities" and r.data.get("account") == accounts[0])
+    role_template = next(r for r in records if r.stream == "contact_roles")
+    role = replace(
+        role_template,
+        id="crafted-role",
+        data={**role_template.data, "opportunity": opportunity.id, "contact": others[4].id, "primary": False},
+    )
+    template = next(r for r in records if r.stream == "events" and r.data.get("status") != "cancelled")
+    internal = {"email": "owner@agency.example", "response": "accepted", "organizer": True}
+
+    def meeting(n: int, *emails: str) -> SourceRecord:
+        attendees = [internal, *({"email": e, "response": "accepted"} for e in emails)]
+        start, end = NOW - timedelta(days=2, hours=n), NOW - timedelta(days=2, hours=n - 1)
+        data = {**template.data, "event_id": f"people{n}", "attendees": attendees, "summary": f"people {n}"}
+        data |= {"start": iso(start), "end": iso(end)}
+        return replace(template, id=f"{template.partition}/people{n}", data=data)
+
+    own_email = str(own.data["email"])
+    aliased = mapping.model_copy(
+        update={
+            "identity": mapping.identity.model_copy(update={"aliases": {"old.b@legacy.example": "b.new@gmail.example"}})
+        }
+    )
+    extra = [
+        meeting(1, own_email, "b.person@gmail.example"),
+        meeting(2, own_email, "B.New@gmail.example"),
+        meeting(3, own_email, "< b.odd@GMAIL.example >"),  # normalizes to the contact's, spaces and all
+        meeting(4, "shared.desk+x@gmail.example"),
+        twin,
+        role,
+    ]
+    return [changed.get(r.id, r) for r in records] + extra, aliased
+
+
+@pytest.mark.parametrize(("partitions", "group_size"), [(1, 1), (2, 3), (5, 1)])
+def test_groups_read_every_contact_their_meetings_and_roles_name(
+    partitions: int, group_size: int, mapping: Mapping
+) -> None:
+    records, aliased = _crafted_people(mapping)
+    expected = unify(Snapshot.from_records(records), aliased, NOW)
+    several = {a.event_id for a in expected.ambiguous_meetings if a.why == "attendees from several clients"}
+    assert {"people1", "people2", "people3"} <= several  # each found only by reading the other client's contact
+    assert unify_all(MemorySource(records), aliased, NOW, partitions=partitions, group_size=group_size) == expected
+
+
+def test_groups_read_contacts_from_the_store(store_factory: Callable[[], Store], mapping: Mapping) -> None:
+    records, aliased = _crafted_people(mapping)
+    store = store_factory()
+    store.apply_batch(records)
+    expected = unify(Snapshot.from_records(records), aliased, NOW)
+    assert unify_all(store, aliased, NOW, partitions=2, group_size=3) == expected
+
+
+def test_meetings_without_a_client_are_counted_chunk_by_chunk(
+    monkeypatch: pytest.MonkeyPatch, mapping: Mapping
+) -> None:
+    records, aliased = _crafted_people(mapping)
+    expected = unify(Snapshot.from_records(records), aliased, NOW)
+    monkeypatch.setattr("engagement.partition.COUNT_CHUNK", 7)
+    got = unify_all(MemorySource(records), aliased, NOW, partitions=1)
+    assert (got.meetings_internal, got.issues_without_engagement) == (
+        expected.meetings_internal,
+        expected.issues_without_engagement,
+    )
