@@ -283,6 +283,9 @@ class Cluster:
                 "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": str(SLOT_WAIT_SECONDS),
                 "PREFECT_SERVER_API_HOST": "127.0.0.1",
                 "PREFECT_SERVER_API_PORT": str(self.port),
+                # The scheduler looks for schedules to fill every 10 s (default 60 s): a schedule made
+                # active shows its runs soon after (tests/cluster checks that it does at all).
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
             },
         )
         return self._spawn("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], env)

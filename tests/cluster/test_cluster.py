@@ -210,3 +210,41 @@ def test_two_runs_of_one_partition_never_overlap_while_other_partitions_go_ahead
     assert min(a1, a2) >= released
     # Partition 1 went ahead while partition 0 was held.
     assert a3 <= r3 <= released
+
+
+def test_an_active_schedule_gets_its_runs_from_the_servers_scheduler(cluster: Cluster) -> None:
+    """The scheduler service fills an active schedule (SQLAlchemy 2.1 broke it in every cycle: no
+    scheduled run was ever made). The weekly digest's runs are days away, so nothing runs here."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with cluster.client() as client:
+        deployment = client.read_deployment_by_name("accord-digest/accord-digest-weekly")
+        (schedule,) = client.read_deployment_schedules(deployment.id)
+        runs_of = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+        assert client.read_flow_runs(deployment_filter=runs_of) == []  # paused since deploy: none yet
+        client.update_deployment_schedule(deployment.id, schedule.id, active=True)
+        try:
+            runs = poll(
+                "scheduled runs of the weekly digest",
+                lambda: client.read_flow_runs(deployment_filter=runs_of, flow_run_filter=scheduled) or None,
+                timeout=120,
+                interval=1.0,
+            )
+        finally:
+            client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+            for run in client.read_flow_runs(deployment_filter=runs_of):
+                client.delete_flow_run(run.id)
+    starts = sorted(run.expected_start_time for run in runs if run.expected_start_time)
+    assert starts and all((s.weekday(), s.hour, s.minute) == (0, 8, 0) for s in starts)  # cron "0 8 * * 1", UTC
+    assert all(s > datetime.now(s.tzinfo) for s in starts)
+    server_log = (cluster.logs / "server.log").read_text(encoding="utf-8", errors="replace")
+    assert "Can't evaluate bulk DML" not in server_log
+    MEASURED["scheduled_digest_runs"] = len(runs)
