@@ -45,7 +45,7 @@ from engagement.unify import Reference, Snapshot, unify_group
 
 GROUP_SIZE = 100  # engagements per group: bounds the issues and meetings held at once
 DIRECTORY_STREAMS = ("accounts", "opportunities", "users")  # org-wide: one row per client, engagement, colleague
-COUNT_CHUNK = 2_000  # meetings resolved at once when counting those without a client attendee
+COUNT_CHUNK = 10_000  # meetings resolved at once when counting those without a client attendee
 
 
 class RecordSource(Protocol):
