@@ -118,6 +118,9 @@ def markdown(result: dict[str, Any]) -> str:
         "connectors, HTTP clients, the SQLite store, unify and the push rules. Calls are counted by the sandbox's "
         "request log. The lower bound is, per API, the minimum calls the data needs times the latency divided by "
         "the concurrency the settings allow; the APIs run concurrently, so the bound is the largest of the three.",
+        "The three phases run one after the other in one process; before each, garbage is collected and the C "
+        "heap's free pages go back to the system (`malloc_trim`), and the peak RSS window restarts, so a phase's "
+        "peak is its own, not what the previous phase left in the allocator (deployed, each run is a process).",
         "",
         "Minimum calls: pages of each page size per stream (at least one per stream or calendar), Jira project "
         "pages and the calendar list once, one Salesforce token; push: Salesforce collections of "
