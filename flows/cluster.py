@@ -80,7 +80,7 @@ class ClusterOptions:
     worker_limit: int = 3
     size: str = "small"
     seed: int = 1
-    schedules: bool = True  # False: pause the deployments' schedules (tests want only the runs they start)
+    schedules: bool = True  # False: pause the deployments' schedules and triggers (tests want only their runs)
     recreate: bool = False  # drop databases of the same names first (a fresh `make cluster` each time)
 
 
@@ -317,11 +317,14 @@ class Cluster:
             )
 
     def _pause_schedules(self) -> None:
-        """``prefect deployment schedule pause --all``, without a CLI start-up."""
+        """``prefect deployment schedule pause --all``, and the deployments' triggers (the push after
+        each completed sync) paused too, without a CLI start-up."""
         with self.client() as client:
             for deployment in client.read_deployments():
                 for schedule in client.read_deployment_schedules(deployment.id):
                     client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+                for automation in client.read_resource_related_automations(f"prefect.deployment.{deployment.id}"):
+                    client.pause_automation(automation.id)
 
     def _start_workers(self) -> None:
         for n, name in enumerate(self.options.workers, 1):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +20,7 @@ from sandbox.generator import generate_world
 from sandbox.google_calendar import CalendarApp, CalendarStore
 from sandbox.http import ApiApp, ApiServer
 from sandbox.jira import JiraApp, JiraStore
+from sandbox.jira.adf import document_to_text
 from sandbox.mutations import Change, MutableStore
 from sandbox.recorder import RequestLog
 from sandbox.salesforce import SalesforceApp, SalesforceStore
@@ -151,6 +154,35 @@ class Sandbox:
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {name: store.counts() for name, store in self.stores.items()}
+
+    def written(self, task_external_id: str) -> dict[str, dict[str, int]]:
+        """Accord's writes as the targets hold them, counted by idempotency key: Salesforce Tasks by
+        their External ID field ``task_external_id``, Jira comments by their ``ref status-...`` line,
+        Calendar events (not cancelled) by their private ``accordKey``. A count above 1 is a duplicate."""
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", task_external_id):
+            raise ValueError(f"task_external_id: expected a Salesforce field name, got {task_external_id!r}")
+        sf = self.salesforce_store
+        soql = f"SELECT Id, {task_external_id} FROM Task"  # noqa: S608  # a checked field name
+        tasks = Counter(
+            str(r.get(task_external_id))
+            for r in sf.run(sf.compile(soql), include_deleted=False)
+            if r.get(task_external_id)
+        )
+        comments: Counter[str] = Counter()
+        with self.jira_store.lock:
+            bodies = [c.body for thread in self.jira_store.comments.values() for c in thread]
+        for body in bodies:
+            text = body if isinstance(body, str) else document_to_text(body)
+            for line in text.splitlines():
+                if "ref status-" in line:
+                    comments[line.rsplit("ref ", 1)[1].strip().rstrip(".")] += 1
+        events: Counter[str] = Counter()
+        for calendar in self.calendar_store.calendars.values():
+            for event in calendar.events.values():
+                private = ((event.fields or {}).get("extendedProperties") or {}).get("private") or {}
+                if "accordKey" in private and event.status != "cancelled":
+                    events[str(private["accordKey"])] += 1
+        return {"salesforce": dict(tasks), "jira": dict(comments), "google_calendar": dict(events)}
 
     def emulator_errors(self) -> list[str]:
         """Exceptions raised inside emulator handlers (answered as 500): tests assert this stays empty."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, cast
+from urllib.parse import urlencode
 
 import requests
 
@@ -60,3 +61,8 @@ class SandboxControl:
 
     def counts(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._call("GET", "/counts"))
+
+    def written(self, task_external_id: str) -> dict[str, dict[str, int]]:
+        """Accord's writes the targets hold, per target and idempotency key (see ``Sandbox.written``)."""
+        query = urlencode({"task_external_id": task_external_id})
+        return cast(dict[str, dict[str, int]], self._call("GET", f"/written?{query}"))

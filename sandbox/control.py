@@ -36,6 +36,7 @@ class ControlApp(ApiApp):
         self.add_route("POST", r"/release", "release", self.release)
         self.add_route("POST", r"/clock/advance", "clock.advance", self.advance_clock)
         self.add_route("GET", r"/counts", "counts", self.counts)
+        self.add_route("GET", r"/written", "written", self.written)
         self.add_route("GET", r"/errors", "errors", self.errors)
 
     def bad_request(self, request: Request, message: str) -> Response:
@@ -124,6 +125,12 @@ class ControlApp(ApiApp):
 
     def counts(self, request: Request) -> Response:
         return Response.json(self.sandbox.counts())
+
+    def written(self, request: Request) -> Response:
+        try:
+            return Response.json(self.sandbox.written(request.arg("task_external_id") or ""))
+        except ValueError as exc:
+            return self.bad_request(request, str(exc))
 
     def errors(self, request: Request) -> Response:
         return Response.json({"errors": self.sandbox.emulator_errors()})

@@ -17,10 +17,12 @@ from uuid import UUID
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from accord.settings import DEFAULT_MAPPING
+from engagement.mapping import load_mapping
 from flows.cluster import Cluster, ClusterOptions, poll, worker_of
 from flows.ui import REPO
 from sandbox.client import SandboxControl
-from store.schema import engagements
+from store.schema import engagements, outbox
 from tests.conftest import POSTGRES_URL
 
 pytestmark = pytest.mark.postgres
@@ -161,6 +163,47 @@ def test_a_partitioned_sync_spreads_over_both_workers_and_stores_every_engagemen
         engine.dispose()
     MEASURED["engagements"] = {"stored": len(stored), "opportunities": opportunities}
     assert len(stored) == distinct == opportunities
+
+
+def test_a_partitioned_push_writes_each_planned_write_once_and_a_second_push_writes_nothing(
+    cluster: Cluster,
+) -> None:
+    """``accord-push`` with ``partitions`` fans out push runs of ``accord-partition`` over the pool;
+    the targets (counted by the sandbox, by idempotency key) hold each planned write exactly once."""
+    control = SandboxControl(cluster.sandbox_control)
+    ext = load_mapping(DEFAULT_MAPPING).push.salesforce.task_external_id
+    assert not any(control.written(ext).values()), "triggers paused: nothing pushed before this test"
+
+    def partitioned_push() -> list[Any]:
+        push = cluster.run("accord-push/accord-push", {"partitions": PARTITIONS})
+        (push,) = cluster.wait([push.id], timeout=300)
+        assert _state(push) == "COMPLETED", f"push {_state(push)}: {push.state.message if push.state else ''}"
+        children = cluster.wait([r.id for r in cluster.children(push.id)], timeout=60)
+        assert sorted(r.parameters["partition"] for r in children) == list(range(PARTITIONS))
+        assert {r.parameters["work"] for r in children} == {"push"}
+        assert [_state(r) for r in children] == ["COMPLETED"] * PARTITIONS
+        return children
+
+    children = partitioned_push()
+    engine = create_engine(cluster.store_url)
+    try:
+        with engine.connect() as conn:
+            items = conn.execute(select(outbox.c.key, outbox.c.target, outbox.c.kind, outbox.c.state)).all()
+    finally:
+        engine.dispose()
+    assert items and {i.state for i in items} == {"delivered"}
+    counted = {"task": "salesforce", "jira_status_comment": "jira", "calendar_event": "google_calendar"}
+    expected = {target: {i.key for i in items if counted.get(i.kind) == target} for target in counted.values()}
+    written = control.written(ext)
+    assert {target: set(keys) for target, keys in written.items()} == expected
+    assert {n for keys in written.values() for n in keys.values()} == {1}, "a write landed twice"
+    MEASURED["partitioned_push"] = {
+        "writes": {target: len(keys) for target, keys in written.items()},
+        "partitions": [{"partition": r.parameters["partition"], "worker": worker_of(r)} for r in children],
+    }
+
+    partitioned_push()  # plans nothing new: every write is already delivered
+    assert control.written(ext) == written
 
 
 def test_two_runs_of_one_partition_never_overlap_while_other_partitions_go_ahead(cluster: Cluster) -> None:

@@ -21,7 +21,7 @@ from engagement.mapping import Mapping, load_mapping
 from flows.engine import run_sync
 from flows.push_engine import PushReport, build_writer, plan_push, push
 from sandbox.app import Sandbox, SandboxOptions
-from sandbox.jira.adf import document_to_text
+from sandbox.client import SandboxControl, SandboxControlError
 from store import Store
 from tests.sandbox_settings import settings_for
 
@@ -56,25 +56,8 @@ def world(store: Store, mapping: Mapping) -> Iterator[World]:
 
 def target_counts(sandbox: Sandbox, mapping: Mapping) -> dict[str, Counter[str]]:
     """Writes as the targets hold them, by idempotency key."""
-    sf = sandbox.salesforce_store
-    ext = mapping.push.salesforce.task_external_id
-    soql = f"SELECT Id, {ext} FROM Task"  # noqa: S608 (the emulator's own query of its own field name)
-    tasks = Counter(str(r.get(ext)) for r in sf.run(sf.compile(soql), include_deleted=False) if r.get(ext))
-    comments: Counter[str] = Counter()
-    with sandbox.jira_store.lock:
-        bodies = [c.body for thread in sandbox.jira_store.comments.values() for c in thread]
-    for body in bodies:
-        text = body if isinstance(body, str) else document_to_text(body)
-        for line in text.splitlines():
-            if "ref status-" in line:
-                comments[line.rsplit("ref ", 1)[1].strip().rstrip(".")] += 1
-    events: Counter[str] = Counter()
-    for calendar in sandbox.calendar_store.calendars.values():
-        for event in calendar.events.values():
-            private = ((event.fields or {}).get("extendedProperties") or {}).get("private") or {}
-            if "accordKey" in private and event.status != "cancelled":
-                events[str(private["accordKey"])] += 1
-    return {"salesforce": tasks, "jira": comments, "google_calendar": events}
+    written = sandbox.written(mapping.push.salesforce.task_external_id)
+    return {target: Counter(keys) for target, keys in written.items()}
 
 
 def expected_keys(report: PushReport) -> dict[str, set[str]]:
@@ -109,6 +92,12 @@ def test_push_writes_once_and_the_second_push_is_empty(world: World, mapping: Ma
     assert report.failed == 0, report.to_json()
     assert_exactly_once(world.sandbox, mapping, expected_keys(report))
     assert {state for t in world.store.outbox.counts().values() for state in t} == {"delivered"}
+    # The control API tells out-of-process tests (the cluster) the same counts.
+    control = SandboxControl(world.sandbox.info()["control"])
+    ext = mapping.push.salesforce.task_external_id
+    assert control.written(ext) == world.sandbox.written(ext) and all(control.written(ext).values())
+    with pytest.raises(SandboxControlError, match="400"):
+        control.written("Id FROM Task --")
     # Salesforce went in batches: at most ceil(n/200) upserts for the tasks.
     tasks = kinds["task"]
     upserts = world.sandbox.log.count(api="salesforce", endpoint="composite.upsert")
