@@ -30,6 +30,13 @@ from store import BatchResult, CursorUpdate, HealthChange, Store
 log = logging.getLogger("accord.sync")
 SOURCES = ("salesforce", "jira", "google_calendar")
 RECONCILED_SUFFIX = "#reconciled"
+HEALTH_ORDER = {"red": 0, "amber": 1, "green": 2}
+ROWS_KEPT = 200  # engagements a run's table shows (the worst first); a run keeps no more rows
+
+
+def row_order(row: dict[str, Any]) -> tuple[int, str, str]:
+    """Red, then amber, then green; by client and id within each."""
+    return HEALTH_ORDER.get(row["health"], 3), row["client"], row["id"]
 
 
 @dataclass
@@ -72,8 +79,8 @@ class SourceReport:
 
 @dataclass
 class ViewSummary:
-    """What a run learned about the engagements, without holding them: counts, and one short row
-    per engagement for the run's table (``Engagement.summary_json``)."""
+    """What a run learned about the engagements, without holding them: counts, and the short rows
+    (``Engagement.summary_json``) of the ``ROWS_KEPT`` worst, which are all its table shows."""
 
     engagements: int = 0
     health: dict[str, int] = field(default_factory=lambda: {"green": 0, "amber": 0, "red": 0})
@@ -90,6 +97,9 @@ class ViewSummary:
         for e in view.engagements:
             self.health[e.health.level] += 1
             self.rows.append(e.summary_json())
+        if len(self.rows) >= 2 * ROWS_KEPT:
+            self.rows.sort(key=row_order)
+            del self.rows[ROWS_KEPT:]
         self.unknown_stakeholders += len(view.unknown_stakeholders)
         self.ambiguous_meetings += len(view.ambiguous_meetings)
 

@@ -122,7 +122,11 @@ def _run_partition(
                 create_markdown_artifact(
                     key=f"accord-partition-{partition}",
                     markdown="\n".join(
-                        [f"# Partition {partition} of {partitions}", "", *engagement_markdown(summary.rows)]
+                        [
+                            f"# Partition {partition} of {partitions}",
+                            "",
+                            *engagement_markdown(summary.rows, total=summary.engagements),
+                        ]
                     ),
                     description=f"Accord engagements of partition {partition} of {partitions}",
                 )

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.engine import SyncReport
+from flows.engine import ROWS_KEPT as TABLE_LIMIT
+from flows.engine import SyncReport, row_order
 from flows.push_engine import PushPlan, PushReport
 
 HEALTH_MARK = {"green": "🟢 green", "amber": "🟠 amber", "red": "🔴 red"}
@@ -25,7 +26,7 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def sync_markdown(report: SyncReport, max_engagements: int = 200) -> str:
+def sync_markdown(report: SyncReport, max_engagements: int = TABLE_LIMIT) -> str:
     lines = [f"# Accord sync ({'full' if report.full else 'incremental'})", ""]
     lines.append(f"Started {report.started_at:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f} s.")
     lines.append("")
@@ -54,13 +55,14 @@ def sync_markdown(report: SyncReport, max_engagements: int = 200) -> str:
     if report.health_changes:
         lines.append(f"**Health changes this run:** {len(report.health_changes)}")
         lines.append("")
-    lines += engagement_markdown(view.rows, max_engagements)
+    lines += engagement_markdown(view.rows, max_engagements, view.engagements)
     return "\n".join(lines)
 
 
-def engagement_markdown(rows: list[dict[str, Any]], limit: int = 200) -> list[str]:
-    order = {"red": 0, "amber": 1, "green": 2}
-    rows = sorted(rows, key=lambda r: (order.get(r["health"], 3), r["client"], r["id"]))
+def engagement_markdown(rows: list[dict[str, Any]], limit: int = TABLE_LIMIT, total: int | None = None) -> list[str]:
+    """The table of ``rows`` (the first ``limit`` by ``row_order``) and how many of ``total`` it leaves out."""
+    rows = sorted(rows, key=row_order)
+    total = len(rows) if total is None else total
     lines = [
         "| health | engagement | client | stage | progress | last client meeting | next | reasons |",
         "|---|---|---|---|---:|---|---|---|",
@@ -73,15 +75,15 @@ def engagement_markdown(rows: list[dict[str, Any]], limit: int = 200) -> list[st
             f"| {(r['last_client_meeting'] or '—')[:10]} | {(r['next_client_meeting'] or '—')[:10]} "
             f"| {_md_escape(reasons)} |"
         )
-    if len(rows) > limit:
-        lines.append(f"| … | {len(rows) - limit} more | | | | | | |")
+    shown = min(limit, len(rows))
+    if total > shown:
+        lines.append(f"| … | {total - shown} more | | | | | | |")
     return lines
 
 
 def engagement_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table for `accord status`."""
-    order = {"red": 0, "amber": 1, "green": 2}
-    rows = sorted(rows, key=lambda r: (order.get(r["health"], 3), r["client"], r["id"]))
+    rows = sorted(rows, key=row_order)
     columns = (
         ("HEALTH", 6),
         ("STAGE", 10),
