@@ -25,6 +25,7 @@ from engagement.mapping import Mapping
 from engagement.model import UnifiedView
 from engagement.partition import load_directory, org_counts, partition_of, unify_groups
 from engagement.records import iso, parse_datetime
+from flows.memory import limit_malloc_arenas
 from store import BatchResult, CursorUpdate, HealthChange, Store
 
 log = logging.getLogger("accord.sync")
@@ -335,6 +336,7 @@ def run_sync(
     A source that fails leaves its cursors where its last stored page put them; the others are
     stored and the engagements recomputed, and the report (and the run's status) says what failed.
     """
+    limit_malloc_arenas()
     with fewer_collections():
         return _run_sync(settings, mapping, store, full, reconcile, now, sources, pull_all, unify)
 

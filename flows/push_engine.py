@@ -26,6 +26,7 @@ from engagement.partition import partition_of, unify_groups
 from engagement.records import iso, parse_date, parse_datetime
 from engagement.rules import KnownReminder, People, Reminder, StatusFingerprint, StatusUpdate, plan_rules
 from engagement.wording import Wording, templates_dir
+from flows.memory import limit_malloc_arenas
 from store import Delivery, OutboxItem, Store
 
 log = logging.getLogger("accord.push")
@@ -458,6 +459,7 @@ def push(
     partitions: int = 1,
 ) -> PushReport:
     """Plan, queue the plan in the outbox, then apply everything due (of one partition of clients)."""
+    limit_malloc_arenas()
     plan = plan_push(store, mapping, mapping_path, now, partition=partition, partitions=partitions)
     report = PushReport(plan)
     report.queued = store.outbox.enqueue(plan.items, plan.statuses)
