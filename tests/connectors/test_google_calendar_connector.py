@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import httplib2
@@ -49,15 +49,12 @@ from connectors.settings import GoogleCalendarSettings
 from engagement.mapping import CalendarMapping, IdentityMapping, Mapping, load_mapping
 from engagement.records import CalendarEvent, SourceRecord, iso, parse_datetime
 from flows.engine import pull_source
-from sandbox.clock import Clock
-from sandbox.credentials import GoogleCredentials
-from sandbox.generator import generate_world
-from sandbox.google_calendar import PRINCIPAL, CalendarApp, CalendarStore, EventQuery
+from sandbox.google_calendar import PRINCIPAL, EventQuery
 from sandbox.google_calendar.store import world_event_id
-from sandbox.http import ApiServer
-from sandbox.recorder import RecordedRequest, RequestLog
+from sandbox.recorder import RecordedRequest
 from sandbox.world import World
 from store import Store
+from tests.connectors.calendar_emulator import CalendarEmulator, running
 
 SEED = 1
 MAPPING_FILE = Path(__file__).resolve().parents[2] / "mappings" / "default.yaml"
@@ -66,32 +63,8 @@ NO_WAIT = RetrySettings(max_attempts=10, base_wait_s=0, max_wait_s=0)
 
 # -- the emulator ------------------------------------------------------------------------------------
 @dataclass
-class Emulator:
-    world: World
-    clock: Clock
-    credentials: GoogleCredentials
-    store: CalendarStore
-    app: CalendarApp
-    log: RequestLog
-    server: ApiServer
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.base_url + "/calendar/v3/"
-
-    def settings(self, **changes: Any) -> GoogleCalendarSettings:
-        """Refreshable user credentials, as ``accord sandbox up`` hands them out."""
-        values: dict[str, Any] = {
-            "api_endpoint": self.endpoint,
-            "token": SecretStr(self.credentials.token),
-            "refresh_token": SecretStr(self.credentials.refresh_token),
-            "token_uri": self.server.base_url + "/token",
-            "client_id": self.credentials.client_id,
-            "client_secret": SecretStr(self.credentials.client_secret),
-            "retry": NO_WAIT,
-        }
-        values.update(changes)
-        return GoogleCalendarSettings(**values)
+class Emulator(CalendarEmulator):
+    retry: ClassVar[RetrySettings] = NO_WAIT
 
     def calendars(self) -> list[str]:
         return sorted(u.email for u in self.world.users)
@@ -138,20 +111,8 @@ def _instant(value: dict[str, str], zone: ZoneInfo) -> str:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    world = generate_world("small", SEED)
-    clock = Clock()
-    credentials = GoogleCredentials()
-    store = CalendarStore.from_world(world, clock)
-    app = CalendarApp(store, clock, credentials)
-    log = RequestLog()
-    server = ApiServer(app, log)
-    app.base_url = server.base_url
-    server.start()
-    try:
-        yield Emulator(world, clock, credentials, store, app, log, server)
-    finally:
-        server.stop()
-    assert server.errors == []
+    with running(Emulator, seed=SEED) as emulator:
+        yield emulator
 
 
 @pytest.fixture

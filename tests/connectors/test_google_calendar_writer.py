@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httplib2
 import pytest
@@ -37,13 +37,11 @@ from connectors.settings import GoogleCalendarSettings
 from engagement.mapping import CalendarPush, Mapping, load_mapping
 from sandbox.clock import Clock
 from sandbox.credentials import GoogleCredentials
-from sandbox.generator import generate_world
 from sandbox.google_calendar import CalendarApp, CalendarStore
 from sandbox.google_calendar import errors as calendar_errors
 from sandbox.google_calendar.store import valid_event_id
-from sandbox.http import ApiServer, Request, Response, Route
-from sandbox.recorder import RequestLog
-from sandbox.world import World
+from sandbox.http import Request, Response, Route
+from tests.connectors.calendar_emulator import CalendarEmulator, running
 
 SEED = 1
 MAPPING_FILE = Path(__file__).resolve().parents[2] / "mappings" / "default.yaml"
@@ -86,30 +84,9 @@ class ReminderApp(CalendarApp):
 
 
 @dataclass
-class Emulator:
-    world: World
-    credentials: GoogleCredentials
-    store: CalendarStore
+class Emulator(CalendarEmulator):
     app: ReminderApp
-    log: RequestLog
-    server: ApiServer
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.base_url + "/calendar/v3/"
-
-    def settings(self, **changes: Any) -> GoogleCalendarSettings:
-        values: dict[str, Any] = {
-            "api_endpoint": self.endpoint,
-            "token": SecretStr(self.credentials.token),
-            "refresh_token": SecretStr(self.credentials.refresh_token),
-            "token_uri": self.server.base_url + "/token",
-            "client_id": self.credentials.client_id,
-            "client_secret": SecretStr(self.credentials.client_secret),
-            "retry": NO_WAIT,
-        }
-        values.update(changes)
-        return GoogleCalendarSettings(**values)
+    retry: ClassVar[RetrySettings] = NO_WAIT
 
     def calendars(self, n: int) -> list[str]:
         return sorted(u.email for u in self.world.users)[:n]
@@ -133,20 +110,8 @@ class Emulator:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    world = generate_world("small", SEED)
-    clock = Clock()
-    credentials = GoogleCredentials()
-    store = CalendarStore.from_world(world, clock)
-    app = ReminderApp(store, clock, credentials)
-    log = RequestLog()
-    server = ApiServer(app, log)
-    app.base_url = server.base_url
-    server.start()
-    try:
-        yield Emulator(world, credentials, store, app, log, server)
-    finally:
-        server.stop()
-    assert server.errors == []
+    with running(Emulator, app=ReminderApp, seed=SEED) as emulator:
+        yield emulator
 
 
 @pytest.fixture
