@@ -21,12 +21,15 @@ import orjson
 from sqlalchemy import (
     Connection,
     Engine,
+    String,
+    bindparam,
     create_engine,
     delete,
     event,
     exists,
     func,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -328,8 +331,18 @@ class Store:
         return result
 
     def _stage(self, conn: Connection, seen: SeenScope, ids: Sequence[str]) -> None:
-        row = {"run": seen.run, "source": seen.source, "stream": seen.stream, "partition": seen.partition}
-        conn.execute(seen_ids.insert(), [{**row, "id": record_id} for record_id in ids])
+        """One statement per page, the ids as one parameter (an array on PostgreSQL, a JSON array
+        read by ``json_each`` on SQLite): a fifth of the CPU of a row-by-row executemany on SQLite,
+        a thirteenth on PostgreSQL (``benchmarks/reconcile_staging.py``)."""
+        if self.dialect == "postgresql":
+            page: Any = bindparam("ids", list(ids), type_=postgresql.ARRAY(String))
+            each: Any = func.unnest(page)
+        else:
+            page = bindparam("ids", json_text(list(ids)), type_=String)
+            each = func.json_each(page).table_valued("value").c.value
+        scope = (seen.run, seen.source, seen.stream, seen.partition)
+        values = select(*(literal(value, String) for value in scope), each)
+        conn.execute(seen_ids.insert().from_select(["run", "source", "stream", "partition", "id"], values))
 
     @staticmethod
     def _staged_by(seen: SeenScope) -> tuple[Any, ...]:

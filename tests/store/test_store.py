@@ -93,6 +93,14 @@ def test_reconcile_marks_what_the_read_did_not_stage(store: Store) -> None:
     assert result.updated == 1 and rec(2).id in store.record_ids("salesforce", "contacts")
 
 
+def test_staged_ids_match_exactly_whatever_they_hold(store: Store) -> None:
+    odd = ["it's", 'a "quote"', "back\\slash", "北京/会議", "%_", " padded ", "007", "7", "a" * 255]
+    store.apply_batch([SourceRecord("salesforce", "contacts", i, T0, {}) for i in [*odd, "gone", "Gone"]])
+    seen = SeenScope.new("salesforce", "contacts")
+    assert store.reconcile(seen, staged=stage(store, seen, odd)) == 2
+    assert store.record_ids("salesforce", "contacts") == set(odd)
+
+
 def test_reconcile_with_nothing_staged_marks_the_whole_stream(store: Store) -> None:
     store.apply_batch([rec(1), rec(2)])
     assert store.reconcile(SeenScope.new("salesforce", "contacts"), staged=0) == 2
