@@ -30,8 +30,14 @@ class SourceConnector(Protocol):
     ) -> Iterator[Batch]:
         """Pages of records since ``cursor`` (all of them when ``full`` or no cursor), up to ``upper``.
 
-        Each batch carries the cursor value safe to commit with it. With ``reconcile`` (or a full
-        read) the final batch carries ``live_ids``: every id that exists, so hard deletes show.
+        Each batch carries the cursor value safe to commit with it. A reconciling read (a full
+        read, or ``reconcile``; a connector may also fall back to one, as a calendar does on a
+        stale sync token) finds hard deletes without holding an id set: its batches say which ids
+        exist, page by page (``Batch.records_seen`` for pages of records, ``Batch.seen_ids`` for
+        pages of an id-only listing), the engine stages them in the store, and the final batch
+        has ``reconcile``: the stored records of the stream (of the batch's partition, when it has
+        one) that the read did not see are then marked deleted, together with the final cursor.
+        A read that stops before its final batch marks nothing deleted.
         """
         ...
 

@@ -32,15 +32,31 @@ class Window:
 
 @dataclass
 class Batch:
-    """Records of one page, and the cursor value to commit with them (None: leave it)."""
+    """Records of one page, and the cursor value to commit with them (None: leave it).
+
+    A reconciling read (hard deletes) says which ids exist page by page, never as one set: the
+    store stages them as they come, so memory stays flat however large the org. A batch with
+    ``records_seen`` counts its live (not deleted) records as existing; ``seen_ids`` is a page of
+    an id-only listing (a batch without records). The batch with ``reconcile`` (the final one)
+    closes the read: every stored live record of the stream, or of the batch's partition when it
+    has one, that the read did not see is marked deleted.
+    """
 
     stream: str
     partition: str
     records: list[SourceRecord]
     cursor: str | None = None
     final: bool = False  # the last batch of this stream/partition in this run
-    live_ids: set[str] | None = None  # with final=True after a full read: every id that exists
+    records_seen: bool = False  # this batch's live records exist (they count for ``reconcile``)
+    seen_ids: list[str] = field(default_factory=list)  # more ids that exist (an id-only listing)
+    reconcile: bool = False  # with final=True: what the read saw is all that exists
     meta: dict[str, int] = field(default_factory=dict)  # e.g. {"pages": 3}
+
+    def existing_ids(self) -> list[str]:
+        """The ids this batch says exist: its live records' (with ``records_seen``) and ``seen_ids``."""
+        if not self.records_seen:
+            return self.seen_ids
+        return [r.id for r in self.records if not r.deleted] + self.seen_ids
 
 
 class RepeatedPageError(RuntimeError):

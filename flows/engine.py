@@ -26,7 +26,7 @@ from engagement.model import UnifiedView
 from engagement.partition import load_directory, org_counts, partition_of, unify_groups
 from engagement.records import iso, parse_datetime
 from flows.memory import limit_malloc_arenas
-from store import BatchResult, CursorUpdate, HealthChange, Store
+from store import BatchResult, CursorUpdate, HealthChange, SeenScope, Store
 
 log = logging.getLogger("accord.sync")
 SOURCES = ("salesforce", "jira", "google_calendar")
@@ -193,24 +193,33 @@ def pull_unit(
     reconcile: bool,
     stats: StreamStats,
 ) -> None:
-    """Pull one unit: each batch stored with its cursor; a final batch with live ids reconciles."""
+    """Pull one unit: each batch stored with its cursor. The ids a reconciling read says exist are
+    staged in the store page by page, with the page's records; the batch with ``reconcile`` marks
+    the rest of the unit's stored records deleted and moves the cursor, in one transaction.
+
+    Only this pull's staged ids count (``SeenScope.run`` is unique to it); when it starts staging,
+    what an earlier pull of the unit left (a crash before its reconcile) is dropped.
+    """
     source = connector.source
     cursor = None if full else store.get_cursor(source, unit.stream, unit.partition)
+    seen = SeenScope.new(source, unit.stream, unit.partition)
+    staged = 0
     for batch in connector.read(unit, cursor, upper=upper, full=full, reconcile=reconcile):
+        if (batch.stream, batch.partition) != (unit.stream, unit.partition):
+            raise ValueError(f"{source}: a batch of {batch.stream}/{batch.partition} in the read of {unit}")
         update = CursorUpdate(source, unit.stream, unit.partition, batch.cursor) if batch.cursor else None
-        if batch.live_ids is not None:
-            result = store.apply_batch(batch.records)
+        existing = batch.existing_ids()
+        if existing and not staged:
+            store.clear_seen(seen)
+        staged += len(existing)
+        if batch.reconcile:
+            result = store.apply_batch(batch.records, seen=seen, seen_ids=existing)
+            reconciled = CursorUpdate(source, unit.stream + RECONCILED_SUFFIX, unit.partition, iso(upper))
             stats.reconciled_deleted += store.reconcile(
-                source,
-                batch.stream,
-                batch.live_ids,
-                partition=batch.partition if batch.partition else None,
-                cursor=update,
-                stamp=upper,
+                seen, staged=staged, cursors=[c for c in (update, reconciled) if c], stamp=upper
             )
-            store.set_cursor(CursorUpdate(source, unit.stream + RECONCILED_SUFFIX, unit.partition, iso(upper)))
         else:
-            result = store.apply_batch(batch.records, update)
+            result = store.apply_batch(batch.records, update, seen=seen, seen_ids=existing)
         stats.add_batch(batch, result)
 
 

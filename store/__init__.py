@@ -1,7 +1,15 @@
 """SQLAlchemy persistence: records, cursors, engagements, runs (and the outbox)."""
 
 from store.outbox import Delivery, Outbox, OutboxItem
-from store.store import BatchResult, CursorUpdate, HealthChange, Store, default_database_url
+from store.store import (
+    BatchResult,
+    CursorUpdate,
+    HealthChange,
+    SeenScope,
+    StagingLostError,
+    Store,
+    default_database_url,
+)
 
 __all__ = [
     "BatchResult",
@@ -10,6 +18,8 @@ __all__ = [
     "HealthChange",
     "Outbox",
     "OutboxItem",
+    "SeenScope",
+    "StagingLostError",
     "Store",
     "default_database_url",
 ]

@@ -23,7 +23,12 @@ records = Table(
     Column("data", JsonType, nullable=False),
     Column("stored_at", String(32), nullable=False),
 )
-Index("ix_records_partition", records.c.source, records.c.stream, records.c.partition)
+# With the id: a calendar's reconcile walks its partition in id order (``Store.reconcile``) instead of
+# the whole stream. Stores made before it had ``ix_records_partition`` without the id
+# (``Store.create_all`` replaces it).
+records_by_partition = Index(
+    "ix_records_partition_id", records.c.source, records.c.stream, records.c.partition, records.c.id
+)
 
 # Lookup keys of live records (``engagement.records.lookup_keys``): issues by project, events by
 # attendee address and domain, so unify reads one group of clients' records, never the whole store.
@@ -40,6 +45,23 @@ record_keys = Table(
 record_keys_by_key = Index(
     "ix_record_keys_key", record_keys.c.source, record_keys.c.stream, record_keys.c.key, record_keys.c.id
 )
+
+# Ids a reconciling read saw, staged page by page (``Store.stage_seen``) so that hard deletes are
+# found by an anti-join in SQL instead of an id set in memory. ``run`` is unique to one pull of one
+# unit: rows a crashed run left behind never count for another. No primary key: an id staged twice
+# (a Jira issue read and listed) is harmless, and plain inserts let the count check in
+# ``Store.reconcile`` know exactly how many rows the read staged.
+seen_ids = Table(
+    "seen_ids",
+    metadata,
+    Column("run", String(32), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("stream", String(64), nullable=False),
+    Column("partition", String(255), nullable=False),
+    Column("id", String(255), nullable=False),
+)
+# Every lookup is by the whole scope and run, then the id: the anti-join's probe is one seek.
+Index("ix_seen_ids", seen_ids.c.source, seen_ids.c.stream, seen_ids.c.partition, seen_ids.c.run, seen_ids.c.id)
 
 cursors = Table(
     "cursors",

@@ -4,10 +4,10 @@ increments; a stale token (410 ``fullSyncRequired``) re-syncs that calendar alon
 One stream, ``events``, with one work unit per calendar (partition = calendar id). A full sync
 lists the calendar's meetings in ``[upper - past_days, upper + future_days)`` with recurring series
 expanded into instances (``singleEvents``), page by page, and ends with the calendar's
-``nextSyncToken`` as cursor and every id it saw, so stored meetings no longer there are marked
-deleted (in this calendar only). An increment sends only the sync token (Google forbids the window
-parameters with it, API-NOTES 3.2) and hands over exactly what changed since; cancelled events and
-instances become deleted records.
+``nextSyncToken`` as cursor; every live event it reads counts as existing, so the final batch
+reconciles and stored meetings no longer there are marked deleted (in this calendar only). An
+increment sends only the sync token (Google forbids the window parameters with it, API-NOTES 3.2)
+and hands over exactly what changed since; cancelled events and instances become deleted records.
 
 The token is tied to the window of the full sync that issued it, so a reconciling read (due daily
 by default, see ``flows.engine``) is a full sync: it moves the window on with time and catches
@@ -343,7 +343,8 @@ class CalendarConnector:
             yield from self.full_sync(calendar_id, upper)
 
     def full_sync(self, calendar_id: str, upper: datetime) -> Iterator[Batch]:
-        """Every meeting of the window; the final batch's ids reconcile this calendar's partition."""
+        """Every meeting of the window: its live events are what exists, and the final batch
+        reconciles this calendar's partition."""
         window = self.mapping.google_calendar
         params = {
             "singleEvents": True,
@@ -351,25 +352,25 @@ class CalendarConnector:
             "timeMax": iso(upper + timedelta(days=window.future_days)),
             "maxResults": self.settings.page_size,
         }
-        live: set[str] = set()
-        pages = 0
+        pages = events = 0
         for page in self.pages(calendar_id, params, f"full sync of calendar {calendar_id}"):
             pages += 1
             records = self._records(calendar_id, page, upper)
-            live.update(r.id for r in records if not r.deleted)
+            events += sum(1 for r in records if not r.deleted)
             if not page.last:
-                yield Batch(STREAM, calendar_id, records, meta={"pages": 1})
+                yield Batch(STREAM, calendar_id, records, records_seen=True, meta={"pages": 1})
                 continue
             if page.sync_token is None:
                 log.warning("calendar %s: full sync ended without a sync token", calendar_id)
-            log.info("calendar %s: full sync, %d pages, %d events", calendar_id, pages, len(live))
+            log.info("calendar %s: full sync, %d pages, %d events", calendar_id, pages, events)
             yield Batch(
                 STREAM,
                 calendar_id,
                 records,
                 cursor=page.sync_token,
                 final=True,
-                live_ids=live,
+                records_seen=True,
+                reconcile=True,
                 meta={"pages": 1},
             )
 

@@ -7,9 +7,9 @@ rounded down in the API user's own time zone (JQL date literals have minute reso
 in that zone; API-NOTES 2.2). Each page is handed over with the latest stamp it holds as the cursor
 safe to commit with it; records read twice inside the lookback are de-duplicated by issue id in the
 store. A full read lists the projects and reads them in chunks of keys, concurrently (at most
-``settings.concurrency`` requests in flight), and ends with every issue id it saw, so issues deleted
-in Jira are marked deleted. An incremental read with ``reconcile`` gets those ids from id-only
-searches instead.
+``settings.concurrency`` requests in flight); every issue it reads counts as existing, so the
+final batch reconciles and issues deleted in Jira are marked deleted. An incremental read with
+``reconcile`` adds the pages of id-only searches (``live_id_pages``) to the issues it read.
 
 ``/search/jql`` is eventually consistent: an issue written a moment ago may be missing from a
 search. Ids known to have changed (``note_changed``, called after Accord writes to an issue) are sent
@@ -497,26 +497,25 @@ class JiraConnector:
         window = Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
         groups = self._known_groups()
         first = groups[0] if groups else []
-        batches = self._read_full(first) if window.full else self._read_incremental(window, first)
-        seen: set[str] = set()
-        pages = 0
+        # Issues this read saw count as existing, in an incremental reconcile too: the id search
+        # may trail them (search lag).
+        closes = window.full or reconcile
+        batches = self._read_full(first) if window.full else self._read_incremental(window, first, seen=closes)
+        issues = pages = 0
         for batch in batches:
             pages += 1
-            seen.update(r.id for r in batch.records)
+            issues += len(batch.records)
             yield batch
         for records in self._targeted(groups):
             pages += 1
-            seen.update(r.id for r in records)
-            yield Batch(STREAM, "", records, meta={"pages": 1})
-        live: set[str] | None = None
-        if window.full:
-            live = seen
-        elif reconcile:
-            # Issues this read saw count as live: the id search may trail them (search lag).
-            live = self.live_ids(first) | seen
+            issues += len(records)
+            yield Batch(STREAM, "", records, records_seen=closes, meta={"pages": 1})
+        if not window.full and reconcile:
+            for ids in self.live_id_pages(first):
+                yield Batch(STREAM, "", [], seen_ids=ids, meta={"pages": 0})
         self._forget(groups)
-        log.info("jira: %d pages, %d issues (%s)", pages, len(seen), "full" if window.full else "incremental")
-        yield Batch(STREAM, "", [], cursor=iso(upper), final=True, live_ids=live, meta={"pages": 0})
+        log.info("jira: %d pages, %d issues (%s)", pages, issues, "full" if window.full else "incremental")
+        yield Batch(STREAM, "", [], cursor=iso(upper), final=True, reconcile=closes, meta={"pages": 0})
 
     def _read_full(self, reconcile: list[str]) -> Iterator[Batch]:
         keys = self.project_keys()
@@ -533,7 +532,7 @@ class JiraConnector:
         ]
         for records in self._parallel(tasks):
             # Pages of several projects interleave: no cursor until the whole read is stored.
-            yield Batch(STREAM, "", records, meta={"pages": 1})
+            yield Batch(STREAM, "", records, records_seen=True, meta={"pages": 1})
 
     def _record_pages(
         self, query: str, *, fields: Sequence[str], page_size: int, reconcile: Sequence[str], what: str
@@ -546,7 +545,7 @@ class JiraConnector:
             del page  # gone before the records wait in the queue
             yield records
 
-    def _read_incremental(self, window: Window, reconcile: list[str]) -> Iterator[Batch]:
+    def _read_incremental(self, window: Window, reconcile: list[str], *, seen: bool) -> Iterator[Batch]:
         if window.lower is None:
             raise ValueError("an incremental read needs a lower bound")
         query = f"{jql.updated_since(window.lower, self.user_zone())} {ORDER}"
@@ -559,10 +558,11 @@ class JiraConnector:
         ):
             records = self._records(page)
             latest = max((r.updated_at for r in records), default=None)
-            yield Batch(STREAM, "", records, cursor=progressive_cursor(latest, window), meta={"pages": 1})
+            cursor = progressive_cursor(latest, window)
+            yield Batch(STREAM, "", records, cursor=cursor, records_seen=seen, meta={"pages": 1})
 
-    def live_ids(self, reconcile: Sequence[str] = ()) -> set[str]:
-        """Every issue id that exists now (id-only searches, up to 5000 per page)."""
+    def live_id_pages(self, reconcile: Sequence[str] = ()) -> Iterator[list[str]]:
+        """Every issue id that exists now, a page at a time (id-only searches, up to 5000 per page)."""
         keys = self.project_keys()
         tasks: list[Callable[[], Iterator[list[dict[str, Any]]]]] = [
             partial(
@@ -575,7 +575,5 @@ class JiraConnector:
             )
             for chunk in self._chunks(keys, spread=False)
         ]
-        ids: set[str] = set()
         for page in self._parallel(tasks):
-            ids.update(str(issue["id"]) for issue in page)
-        return ids
+            yield [str(issue["id"]) for issue in page]

@@ -5,7 +5,9 @@ Each mapped object is one stream. A read asks for ``SystemModstamp`` in ``[curso
 upper)`` ordered by ``SystemModstamp, Id`` through ``queryAll`` (so soft-deleted rows arrive with
 ``IsDeleted = true``), follows ``nextRecordsUrl`` page by page, and hands each page over with the
 last stamp as the cursor that is safe to commit with it. A full read uses ``query`` (live rows
-only) and ends with the set of ids that exist, so anything else stored is marked deleted.
+only): its pages are what exists, so the final batch reconciles and anything else stored is marked
+deleted. An incremental read with ``reconcile`` lists the ids that exist (``live_id_pages``) page
+by page after its changes, and reconciles on those alone.
 """
 
 from __future__ import annotations
@@ -226,27 +228,27 @@ class SalesforceConnector(SalesforceClient):
         window = Window(None, upper) if full or cursor is None else Window.from_cursor(cursor, lookback, upper)
         what = f"read {stream.object}"
         query = self.build_query(stream, window)
-        seen: set[str] | None = set() if window.full else None
         pages = 0
         paths = _paths(stream)
         for rows in self._pages(query, include_deleted=not window.full, what=what):
             pages += 1
             records = [self._row_record(unit.stream, stream, paths, row) for row in rows]
-            if seen is not None:
-                seen.update(r.id for r in records if not r.deleted)
             last = records[-1].updated_at if records else None
-            yield Batch(unit.stream, "", records, cursor=progressive_cursor(last, window), meta={"pages": 1})
-        live = seen
-        if live is None and reconcile:
-            live = self.live_ids(stream)
+            cursor_after = progressive_cursor(last, window)
+            # A full read sees every live row: its pages are what exists.
+            yield Batch(unit.stream, "", records, cursor=cursor_after, records_seen=window.full, meta={"pages": 1})
+        if not window.full and reconcile:
+            # What exists comes from the id listing alone (the changed rows above do not count).
+            for ids in self.live_id_pages(stream):
+                yield Batch(unit.stream, "", [], seen_ids=ids, meta={"pages": 0})
         log.info("%s: %d pages (%s)", what, pages, "full" if window.full else "incremental")
-        yield Batch(unit.stream, "", [], cursor=iso(upper), final=True, live_ids=live, meta={"pages": 0})
+        closes = window.full or reconcile
+        yield Batch(unit.stream, "", [], cursor=iso(upper), final=True, reconcile=closes, meta={"pages": 0})
 
-    def live_ids(self, stream: SalesforceStream) -> set[str]:
-        """Every id that exists now (no time bound: records created since are harmless here)."""
+    def live_id_pages(self, stream: SalesforceStream) -> Iterator[list[str]]:
+        """Every id that exists now, a page at a time (no time bound: records created since are
+        harmless here)."""
         where = [soql.condition(f) for f in stream.filters]
         query = soql.select(stream.object, ["Id"], where=where)
-        ids: set[str] = set()
         for rows in self._pages(query, include_deleted=False, what=f"list {stream.object} ids"):
-            ids.update(str(r["Id"]) for r in rows)
-        return ids
+            yield [str(r["Id"]) for r in rows]

@@ -175,6 +175,11 @@ def read(
     return list(connector.read(UNIT, cursor, upper=upper or datetime.now(UTC), full=full, reconcile=reconcile))
 
 
+def seen_in(batches: list[Batch]) -> set[str]:
+    """The ids a reconciling read says exist, over all its batches (what the engine stages)."""
+    return {i for b in batches for i in b.existing_ids()}
+
+
 def records(batches: list[Batch]) -> list[SourceRecord]:
     return [r for b in batches for r in b.records]
 
@@ -240,7 +245,8 @@ def test_full_read_equals_the_emulators_issues(site: Site, mapping: Mapping) -> 
 
     *pages, final = batches
     assert all(b.cursor is None and not b.final for b in pages)
-    assert final.final and final.cursor == iso(upper) and final.live_ids == site.live_ids()
+    assert final.final and final.cursor == iso(upper) and final.reconcile and seen_in(batches) == site.live_ids()
+    assert all(b.records_seen and not b.seen_ids for b in pages)
 
     summary = site.log.summary()["jira"]
     assert summary["GET project.search"] == 1 and "GET search" not in summary and "GET myself" not in summary
@@ -309,7 +315,7 @@ def test_incremental_read_returns_exactly_the_changed_issues_with_one_search(sit
     assert {r.id for r in got} == changed
     for r in got:
         assert r.data == expected(site.store, site.store.issues[int(r.id)])
-    assert batches[-1].cursor == iso(upper) and batches[-1].live_ids is None
+    assert batches[-1].cursor == iso(upper) and not batches[-1].reconcile and seen_in(batches) == set()
     assert batches[0].cursor == iso(max(r.updated_at for r in got))
     # One search; the minute literal is cursor - lookback in the API user's (the store's) zone.
     assert site.log.summary(since_seq=mark)["jira"] == {

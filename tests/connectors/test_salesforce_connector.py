@@ -123,7 +123,8 @@ def test_full_read_of_every_stream(org: Org, mapping: Mapping, auth: str) -> Non
         obj = getattr(mapping.salesforce, unit.stream).object
         assert len(records) == counts[obj], unit.stream
         assert len({r.id for r in records}) == len(records)
-        assert batches[-1].final and batches[-1].live_ids == {r.id for r in records}
+        assert batches[-1].final and batches[-1].reconcile
+        assert {i for b in batches for i in b.existing_ids()} == {r.id for r in records}
         assert batches[-1].cursor is not None and batches[-1].cursor.startswith(upper.strftime("%Y-%m-%dT%H:%M"))
         stamps = [r.updated_at for r in records]
         assert stamps == sorted(stamps) and all(s < upper for s in stamps)
