@@ -64,7 +64,7 @@ def _json_plain(value: Any) -> bool:
 
 def record_digest(record: SourceRecord) -> str:
     """``_digest([data, deleted, partition])``, through orjson when that is provably the same text
-    (``_json_plain``; ``tests/store/test_digest.py`` holds the two together): records never change
+    (``_json_plain``; ``tests/store/test_json_columns.py`` holds the two together): records never change
     digest, so a store written by an earlier version sees its unchanged records as unchanged."""
     payload = [record.data, record.deleted, record.partition]
     if record.deleted.__class__ is bool and record.partition.__class__ is str and _json_plain(record.data):
@@ -83,6 +83,28 @@ def json_text(value: Any) -> str:
         return orjson.dumps(value).decode("utf-8")
     except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(value)
+
+
+# Digits to "0", every other byte to " ": a run of 19 digits (every integer beyond 64 bits has one)
+# becomes a run of 19 zeros, found by bytes.find (the rule of ``connectors.jsonbody``).
+_DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_NUMBER = b"0" * 19
+
+
+def json_value(text: str | bytes) -> Any:
+    """JSON columns read by orjson (about 3x faster than json) when that is exactly what
+    ``json.loads`` gives: orjson refuses NaN, Infinity and lone surrogates, and reads integers beyond
+    64 bits as floats, so a text it refuses or with a run of 19 digits is read by json, as before."""
+    try:
+        body = text.encode("utf-8") if isinstance(text, str) else text
+    except UnicodeEncodeError:
+        return json.loads(text)
+    if body.translate(_DIGITS).find(_LONG_NUMBER) < 0:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def _now() -> str:
@@ -144,6 +166,7 @@ class Store:
             "echo": echo,
             "future": True,
             "json_serializer": json_text,
+            "json_deserializer": json_value,
         }
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
@@ -575,7 +598,7 @@ class _PageStatements:
     On SQLite they are compiled once and the rows go to the driver's ``executemany`` as they are, the
     JSON written by ``json_text`` and the flag as 1 or 0, as SQLAlchemy binds them: the same stored
     bytes without SQLAlchemy's per-row parameter processing, which cost more CPU than SQLite's own
-    work (``tests/store/test_digest.py`` compares the rows). Elsewhere (PostgreSQL) SQLAlchemy
+    work (``tests/store/test_json_columns.py`` compares the rows). Elsewhere (PostgreSQL) SQLAlchemy
     executes them, batched by its insertmanyvalues.
     """
 

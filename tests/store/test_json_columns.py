@@ -1,8 +1,10 @@
 """A record's digest is the one every earlier version stored (``_digest`` over data, flag and
-partition), whichever way it is computed; the SQLite fast path stores the bytes SQLAlchemy stored."""
+partition), whichever way it is computed; the SQLite fast path stores the bytes SQLAlchemy stored;
+JSON columns read back as ``json.loads`` reads them."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +19,7 @@ from sqlalchemy import insert
 from engagement.records import SourceRecord, iso
 from store import Store
 from store.schema import records
-from store.store import _digest, json_text, record_digest
+from store.store import _digest, json_text, json_value, record_digest
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -135,3 +137,41 @@ def test_sqlite_rows_are_what_sqlalchemy_wrote(tmp_path: Path) -> None:
     fast_rows = stored_rows(tmp_path / "fast.sqlite")
     assert fast_rows == stored_rows(tmp_path / "slow.sqlite")
     assert [row[8] for row in fast_rows] == [json_text(r.data) for r in batch]
+
+
+def typed(value: Any) -> Any:
+    """The value with the type of every part spelled out (1 and 1.0 and True compare equal)."""
+    if isinstance(value, dict):
+        return ("dict", [(typed(k), typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", [typed(v) for v in value])
+    if isinstance(value, float):
+        return ("float", "nan" if value != value else value.hex())
+    return (type(value).__name__, value)
+
+
+@given(values, st.booleans())
+def test_json_columns_read_as_json_reads_them(value: Any, ascii_only: bool) -> None:
+    for written in (json.dumps(value, ensure_ascii=ascii_only), json_text(value)):
+        try:
+            expected = typed(json.loads(written))
+        except ValueError:
+            continue
+        assert typed(json_value(written)) == expected
+        assert typed(json_value(written.encode("utf-8", "surrogatepass"))) == expected
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        '{"n": 123456789012345678901234}',
+        '{"n": -1e400}',
+        "[NaN, Infinity]",
+        '"\\ud800"',
+        '{"a": 1, "a": 2}',
+        "-0",
+        "1E5",
+    ],
+)
+def test_json_columns_odd_texts(written: str) -> None:
+    assert typed(json_value(written)) == typed(json.loads(written))
