@@ -28,6 +28,7 @@ from engagement.rules import KnownReminder, People, Reminder, StatusFingerprint,
 from engagement.wording import Wording, templates_dir
 from flows.memory import limit_malloc_arenas
 from store import Delivery, OutboxItem, Store
+from store.outbox import holder
 
 log = logging.getLogger("accord.push")
 TARGETS = ("salesforce", "jira", "google_calendar")
@@ -412,33 +413,34 @@ def apply_target(
         return report
     writer = writer_factory(target, settings, mapping)
     try:
-        for planned in chunks(due, chunk_size(target, mapping)):
-            chunk = store.outbox.claim(planned)
-            if not chunk:
-                continue
-            requests = [WriteRequest(i.key, i.kind, i.payload, fresh=i.attempts == 0) for i in chunk]
-            report.attempted += len(chunk)
-            try:
-                results = writer.write(requests)
-            except ConnectorError as exc:
-                report.error = str(exc)
-                # The whole call failed (credentials, configuration, quota): keep every item for the
-                # next run; what broke is fixed outside Accord, and nothing may be dropped meanwhile.
-                store.outbox.mark([Delivery(i.key, False, "failed", error=str(exc), retriable=True) for i in chunk])
-                report.failed += len(chunk)
-                report.failures += [(i.key, str(exc)) for i in chunk]
-                log.error("%s: writes stopped: %s", target, exc)
-                break
-            report.calls += 1
-            deliveries = [Delivery(r.key, r.ok, r.outcome, r.target_id, r.error, r.retriable) for r in results]
-            store.outbox.mark(deliveries)
-            for r in results:
-                report.outcomes[r.outcome] = report.outcomes.get(r.outcome, 0) + 1
-                if r.ok:
-                    report.delivered += 1
-                else:
-                    report.failed += 1
-                    report.failures.append((r.key, r.error or "failed"))
+        with holder() as me:  # the attempts this run claims stay its own while it lives
+            for planned in chunks(due, chunk_size(target, mapping)):
+                chunk = store.outbox.claim(planned, by=me)
+                if not chunk:
+                    continue
+                requests = [WriteRequest(i.key, i.kind, i.payload, fresh=i.attempts == 0) for i in chunk]
+                report.attempted += len(chunk)
+                try:
+                    results = writer.write(requests)
+                except ConnectorError as exc:
+                    report.error = str(exc)
+                    # The whole call failed (credentials, configuration, quota): keep every item for the
+                    # next run; what broke is fixed outside Accord, and nothing may be dropped meanwhile.
+                    store.outbox.mark([Delivery(i.key, False, "failed", error=str(exc), retriable=True) for i in chunk])
+                    report.failed += len(chunk)
+                    report.failures += [(i.key, str(exc)) for i in chunk]
+                    log.error("%s: writes stopped: %s", target, exc)
+                    break
+                report.calls += 1
+                deliveries = [Delivery(r.key, r.ok, r.outcome, r.target_id, r.error, r.retriable) for r in results]
+                store.outbox.mark(deliveries)
+                for r in results:
+                    report.outcomes[r.outcome] = report.outcomes.get(r.outcome, 0) + 1
+                    if r.ok:
+                        report.delivered += 1
+                    else:
+                        report.failed += 1
+                        report.failures.append((r.key, r.error or "failed"))
     finally:
         writer.close()
         report.seconds = time.perf_counter() - started

@@ -7,9 +7,14 @@ pending, the re-run repeats the write, and the target recognises the key ("exist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -52,6 +57,54 @@ def _now() -> str:
     return iso(datetime.now(UTC)) or ""
 
 
+# -- who holds an attempt ------------------------------------------------------------------------------
+# A claim leases the item to the run that made it. Another run reading the outbox meanwhile leaves the
+# item alone (the holder may be writing it right now), unless the holder is known to be gone: a run of
+# this process that has ended, or a process of this host that no longer exists (kill -9). A holder on
+# another host is waited for until the lease ends.
+LEASE = timedelta(minutes=15)  # longer than one chunk's write with all its retries
+_HOST = socket.gethostname().replace("/", "_")
+_live_holders: set[str] = set()
+_holders_lock = threading.Lock()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot): a reused pid has another one."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@contextmanager
+def holder() -> Iterator[str]:
+    """A run's name for the attempts it claims, live until the block ends (however it ends)."""
+    pid = os.getpid()
+    name = f"{_HOST}/{pid}/{_process_start(pid)}/{uuid.uuid4().hex}"
+    with _holders_lock:
+        _live_holders.add(name)
+    try:
+        yield name
+    finally:
+        with _holders_lock:
+            _live_holders.discard(name)
+
+
+def holder_alive(name: str) -> bool | None:
+    """True or False where this host can tell; None for a holder on another host."""
+    parts = name.rsplit("/", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return False  # not a holder's name: nothing can be waiting on it
+    host, pid, start, _ = parts
+    if host != _HOST:
+        return None
+    if int(pid) == os.getpid():
+        with _holders_lock:
+            return name in _live_holders
+    return start != "None" and _process_start(int(pid)) == start
+
+
 def _item(row: Any) -> OutboxItem:
     return OutboxItem(
         key=row.key,
@@ -69,6 +122,11 @@ def _item(row: Any) -> OutboxItem:
         planned_at=row.planned_at,
         delivered_at=row.delivered_at,
     )
+
+
+def _held(name: str | None) -> bool:
+    """Whether a lease's holder may still be writing: alive, or on another host (its lease runs)."""
+    return name is not None and holder_alive(name) is not False
 
 
 class Outbox:
@@ -145,17 +203,24 @@ class Outbox:
         )
         if target is not None:
             query = query.where(outbox.c.target == target)
+        now = _now()
         with self.engine.connect() as conn:
-            due = [_item(r) for r in conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key))]
+            rows = conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key)).fetchall()
+        free = [r for r in rows if not r.claimed_until or r.claimed_until <= now or not _held(r.claimed_by)]
+        due = [_item(r) for r in free]
         return [i for i in due if engagements is None or engagements(i.engagement_id)]
 
-    def claim(self, items: Sequence[OutboxItem]) -> list[OutboxItem]:
+    def claim(self, items: Sequence[OutboxItem], *, by: str | None = None) -> list[OutboxItem]:
         """Count an attempt before it is made, so a crash during the write leaves a trace: the next
         attempt is then not ``fresh`` and the writers look for what the first one may have written.
 
         Exclusive: an item is claimed only if nobody counted an attempt since it was read (compare
-        and set on ``attempts``), so two runs applying at once never both write it. Returns the
-        items this caller now holds, with their attempt count as it was before this claim."""
+        and set on ``attempts``), and it is leased to ``by`` (a ``holder()``) until marked, so a run
+        reading the outbox later leaves it alone while the holder lives: two runs applying at once
+        never both write it. Returns the items this caller now holds, with their attempt count as it
+        was before this claim. Without ``by`` the lease has no live holder (a crashed run's)."""
+        until = iso(datetime.now(UTC) + LEASE)
+        name = by or f"{_HOST}/{os.getpid()}/{_process_start(os.getpid())}/gone"
         by_attempts: dict[int, list[OutboxItem]] = {}
         for item in items:
             by_attempts.setdefault(item.attempts, []).append(item)
@@ -169,7 +234,7 @@ class Outbox:
                         outbox.c.attempts == attempts,
                         outbox.c.state.in_(("pending", "failed")),
                     )
-                    .values(attempts=outbox.c.attempts + 1, updated_at=_now())
+                    .values(attempts=outbox.c.attempts + 1, updated_at=_now(), claimed_by=name, claimed_until=until)
                     .returning(outbox.c.key)
                 )
                 won.update(row.key for row in rows)
@@ -179,7 +244,7 @@ class Outbox:
         now = _now()
         with self.engine.begin() as conn:
             for d in deliveries:
-                values: dict[str, Any] = {"updated_at": now}
+                values: dict[str, Any] = {"updated_at": now, "claimed_by": None, "claimed_until": None}
                 if d.ok:
                     values |= {
                         "state": "delivered",

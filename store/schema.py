@@ -116,6 +116,10 @@ outbox = Table(
     Column("planned_at", String(32), nullable=False),
     Column("updated_at", String(32), nullable=False),
     Column("delivered_at", String(32), nullable=True),
+    # The run holding the item's current attempt (``store.outbox.holder``) and until when: another
+    # run leaves it alone meanwhile, unless that holder is known to be gone. Cleared when marked.
+    Column("claimed_by", String(255), nullable=True),
+    Column("claimed_until", String(32), nullable=True),
 )
 Index("ix_outbox_state", outbox.c.target, outbox.c.state)
 

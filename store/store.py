@@ -246,6 +246,11 @@ class Store:
         if "client_id" not in columns:
             with self.engine.begin() as conn:
                 conn.execute(text("ALTER TABLE engagements ADD COLUMN client_id VARCHAR(255)"))
+        claims = {c["name"] for c in inspect(self.engine).get_columns("outbox")}
+        for column, kind in (("claimed_by", "VARCHAR(255)"), ("claimed_until", "VARCHAR(32)")):
+            if column not in claims:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE outbox ADD COLUMN {column} {kind}"))
         if records_by_partition.name not in {i["name"] for i in inspect(self.engine).get_indexes("records")}:
             with self.engine.begin() as conn:
                 conn.execute(text("DROP INDEX IF EXISTS ix_records_partition"))  # its prefix, without the id

@@ -150,7 +150,7 @@ class CrashPoints:
         outbox = store.outbox
         mark, enqueue, claim = outbox.mark, outbox.enqueue, outbox.claim
         outbox.mark = lambda deliveries: self.step(lambda: mark(deliveries))  # type: ignore[method-assign]  # crash point
-        outbox.claim = lambda items: self.step(lambda: claim(items))  # type: ignore[method-assign]  # crash point
+        outbox.claim = lambda items, **kw: self.step(lambda: claim(items, **kw))  # type: ignore[method-assign]  # crash point
         outbox.enqueue = lambda *a, **k: self.step(lambda: enqueue(*a, **k))  # type: ignore[method-assign]  # crash point
         try:
             push(store, settings, mapping, MAPPING_PATH, now=now, writer_factory=self.writer_factory)

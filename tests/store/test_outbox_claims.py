@@ -12,6 +12,7 @@ from connectors.base import WriteRequest, WriteResult
 from engagement.mapping import load_mapping
 from flows.push_engine import apply_target
 from store import OutboxItem, Store
+from store.outbox import holder
 
 
 def _items(n: int) -> list[OutboxItem]:
@@ -86,3 +87,45 @@ def test_a_partition_applies_only_its_engagements(store: Store) -> None:
         engagements=mine.__contains__,
     )
     assert sorted(written) == sorted(i.key for i in _items(30) if i.engagement_id in mine)
+
+
+def test_a_run_reading_while_another_writes_leaves_the_held_items_alone(store: Store) -> None:
+    """The race two concurrent runs hit: B reads the outbox after A claimed but before A marked."""
+    store.outbox.enqueue(_items(5))
+    with holder() as a:
+        assert len(store.outbox.claim(store.outbox.due("jira"), by=a)) == 5
+        assert store.outbox.due("jira") == []  # B's reading: A may be writing these right now
+    # A's run ended without marking them (a crash unwinding it): the next reading retries them.
+    again = store.outbox.due("jira")
+    assert len(again) == 5 and all(i.attempts == 1 for i in again)
+
+
+def test_a_holder_on_this_host_that_is_gone_frees_its_items_and_one_elsewhere_waits(store: Store) -> None:
+    import subprocess
+    import sys
+
+    from store.outbox import _HOST, _process_start, holder_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    start = _process_start(child.pid)
+    alive = f"{_HOST}/{child.pid}/{start}/run"
+    assert holder_alive(alive) is True
+    store.outbox.enqueue(_items(3))
+    store.outbox.claim(store.outbox.due("jira"), by=alive)
+    assert store.outbox.due("jira") == []  # a live process of this host holds them
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(timeout=30)
+    assert holder_alive(alive) is False  # killed or exited: its pid is gone (or reused, with another start)
+    assert len(store.outbox.due("jira")) == 3
+    elsewhere = "another-host/4242/777/run"
+    assert holder_alive(elsewhere) is None
+    store.outbox.claim(store.outbox.due("jira"), by=elsewhere)
+    assert store.outbox.due("jira") == []  # on another host: wait for its lease to end
+    from sqlalchemy import update
+
+    from store.schema import outbox
+
+    with store.engine.begin() as conn:  # its lease ran out: the holder is presumed gone
+        conn.execute(update(outbox).values(claimed_until="2026-01-01T00:00:00.000Z"))
+    assert len(store.outbox.due("jira")) == 3
