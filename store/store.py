@@ -781,8 +781,8 @@ class _PageStatements:
     def existing(self, conn: Connection, source: str, stream: str, ids: list[str]) -> Iterable[tuple[str, str, Any]]:
         """(id, digest, deleted) of the stored ones among ``ids`` (at most ``BATCH_LOOKUP``)."""
         if self._driver:
-            marks = ", ".join("?" * len(ids))  # only placeholders go into the text; every value is bound
-            sql = f"SELECT id, digest, deleted FROM records WHERE source = ? AND stream = ? AND id IN ({marks})"  # noqa: S608
+            marks = ", ".join("?" * len(ids))
+            sql = f"SELECT id, digest, deleted FROM records WHERE source = ? AND stream = ? AND id IN ({marks})"  # noqa: S608  # only placeholders in the text; every value is bound
             return conn.exec_driver_sql(sql, (source, stream, *ids)).tuples()
         query = select(records.c.id, records.c.digest, records.c.deleted).where(
             records.c.source == source, records.c.stream == stream, records.c.id.in_(ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -49,20 +50,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _running(pid: int) -> bool:
-    try:
-        return " Z " not in Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-
-
 def exited_on_their_own(pids: list[int], within: float) -> bool:
-    """Waits until none of ``pids`` runs any more, at most ``within`` seconds; whether they all exited."""
+    """Waits until none of ``pids`` runs any more, at most ``within`` seconds; whether they all exited.
+    Each exit is an event: a pidfd becomes readable when its process ends (Linux 5.3+)."""
     deadline = time.monotonic() + within
-    while any(_running(p) for p in pids):
-        if time.monotonic() >= deadline:
+    for pid in pids:
+        try:
+            handle = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone
+        try:
+            ready, _, _ = select.select([handle], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(handle)
+        if not ready:
             return False
-        time.sleep(0.01)  # polling /proc: another process's exit has no event we can wait on here
     return True
 
 
