@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from connectors.jsonbody import NOT_DECODED, fast_loads
 from engagement.model import Engagement, UnifiedView
 from engagement.records import LOOKUP_STREAMS, SourceRecord, iso, lookup_keys, parse_datetime
 from store.outbox import Outbox
@@ -115,26 +116,15 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
-# Digits to "0", every other byte to " ": a run of 19 digits (every integer beyond 64 bits has one)
-# becomes a run of 19 zeros, found by bytes.find (the rule of ``connectors.jsonbody``).
-_DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
-_LONG_NUMBER = b"0" * 19
-
-
 def json_value(text: str | bytes) -> Any:
     """JSON columns read by orjson (about 3x faster than json) when that is exactly what
-    ``json.loads`` gives: orjson refuses NaN, Infinity and lone surrogates, and reads integers beyond
-    64 bits as floats, so a text it refuses or with a run of 19 digits is read by json, as before."""
+    ``json.loads`` gives (``connectors.jsonbody.fast_loads``), else by json, as before."""
     try:
         body = text.encode("utf-8") if isinstance(text, str) else text
-    except UnicodeEncodeError:
+    except UnicodeEncodeError:  # a lone surrogate: only json reads it
         return json.loads(text)
-    if body.translate(_DIGITS).find(_LONG_NUMBER) < 0:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
+    value = fast_loads(body)
+    return json.loads(text) if value is NOT_DECODED else value
 
 
 def _now() -> str:

@@ -20,6 +20,7 @@ from engagement.records import SourceRecord, iso
 from store import Store
 from store.schema import records
 from store.store import _digest, json_text, json_value, record_digest
+from tests.connectors.test_jsonbody import typed
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -137,17 +138,6 @@ def test_sqlite_rows_are_what_sqlalchemy_wrote(tmp_path: Path) -> None:
     fast_rows = stored_rows(tmp_path / "fast.sqlite")
     assert fast_rows == stored_rows(tmp_path / "slow.sqlite")
     assert [row[8] for row in fast_rows] == [json_text(r.data) for r in batch]
-
-
-def typed(value: Any) -> Any:
-    """The value with the type of every part spelled out (1 and 1.0 and True compare equal)."""
-    if isinstance(value, dict):
-        return ("dict", [(typed(k), typed(v)) for k, v in value.items()])
-    if isinstance(value, list):
-        return ("list", [typed(v) for v in value])
-    if isinstance(value, float):
-        return ("float", "nan" if value != value else value.hex())
-    return (type(value).__name__, value)
 
 
 @given(values, st.booleans())
