@@ -8,8 +8,6 @@ calendars, planned writes) and the settings (page sizes, batch sizes, concurrenc
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import math
 import tempfile
 import time
@@ -22,6 +20,7 @@ from accord.settings import DEFAULT_MAPPING, AccordSettings
 from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import SyncReport, run_sync
+from flows.memory import release_free_memory
 from flows.push_engine import CALENDAR_SUFFIX, PushReport, push
 from sandbox.client import SandboxControl
 from store import Store
@@ -60,22 +59,9 @@ def peak_rss_mb() -> float:
     return round(_status_kb("VmHWM") / 1024, 1)
 
 
-def release_free_memory() -> bool:
-    """Collect garbage and hand the C heap's free pages back to the system (glibc ``malloc_trim``),
-    so a phase's peak RSS starts from what is live, not from what the previous phase left behind
-    in the allocator (in a deployment each flow run is a process of its own). False without glibc."""
-    gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    libc.malloc_trim(0)
-    return True
-
-
 def measured(fn: Callable[[], T]) -> tuple[T, dict[str, Any]]:
     """Run ``fn``; its wall time, CPU time of this whole process (all threads) and peak RSS."""
-    release_free_memory()
+    release_free_memory()  # the phase's peak starts from what is live, not what the last phase left
     windowed = reset_peak_rss()
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import threading
+from typing import Any
 
 ARENAS = 2
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
@@ -32,17 +34,35 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
         return _applied
 
 
+def _glibc(function: str) -> Any:
+    """A function of the C library when it is glibc's (``mallopt``, ``malloc_trim``), else None."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), function)
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
+
+
 def _apply(arenas: int) -> bool:
     if os.environ.get("MALLOC_ARENA_MAX"):
         return True  # glibc read it at start-up
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def release_free_memory() -> bool:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc ``malloc_trim``);
+    False where there is no glibc."""
+    gc.collect()
+    trim = _glibc("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
