@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 API_CHOICES = ("salesforce", "jira", "google_calendar")
@@ -262,41 +262,71 @@ def _mappings_schema(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    """Stream the plan: actions and skips are spooled to temporary files as the groups are planned,
+    then printed, so a large org's plan is never held in memory."""
+    import tempfile
+    from collections import Counter
+    from datetime import UTC, datetime
     from pathlib import Path
 
-    from flows.push_engine import plan_push
+    from flows.push_engine import action_json, walk_plan
     from store import Store
 
     settings = _settings(args)
     mapping = _load_mapping(settings.mapping)
     store = Store(settings.database_url)
     store.create_all()
-    try:
-        plan = plan_push(store, mapping, Path(settings.mapping))
-    finally:
-        store.dispose()
-    if args.json:
-        print(json.dumps(plan.to_json(), ensure_ascii=False))
-        return 0
-    _print_plan(plan.to_json())
+    by_target: Counter[str] = Counter()
+    left_alone = 0
+    with (
+        tempfile.TemporaryFile("w+", encoding="utf-8") as actions,
+        tempfile.TemporaryFile("w+", encoding="utf-8") as skipped,
+    ):
+        try:
+            for group in walk_plan(store, mapping, Path(settings.mapping), datetime.now(UTC)):
+                planned = [action_json(i) for i in group.items] + [action_json(i, retry=True) for i in group.retries]
+                for action in planned:
+                    by_target[action["target"]] += 1
+                    actions.write(json.dumps(action, ensure_ascii=False) + "\n")
+                for skip in group.skipped:
+                    left_alone += 1
+                    skipped.write(json.dumps(skip.to_json(), ensure_ascii=False) + "\n")
+        finally:
+            store.dispose()
+        if args.json:
+            _print_json_lists({"actions": actions, "left_alone": skipped})
+            return 0
+        if not by_target:
+            print("nothing to write")
+        for target, count in sorted(by_target.items()):
+            print(f"{target}: {count} writes")
+            for a in _lines(actions):
+                if a["target"] == target:
+                    print(f"  {a['action']:<7} {a['kind']:<20} {a['key']:<48} {a['reason']}")
+        if left_alone:
+            print(f"left alone: {left_alone}")
+            for s in _lines(skipped):
+                print(f"  {s['engagement']:<20} {s['what']:<32} {s['why']}")
     return 0
 
 
-def _print_plan(data: dict[str, Any]) -> None:
-    actions = data["actions"]
-    by_target: dict[str, list[dict[str, Any]]] = {}
-    for action in actions:
-        by_target.setdefault(action["target"], []).append(action)
-    if not actions:
-        print("nothing to write")
-    for target, items in sorted(by_target.items()):
-        print(f"{target}: {len(items)} writes")
-        for a in items:
-            print(f"  {a['action']:<7} {a['kind']:<20} {a['key']:<48} {a['reason']}")
-    if data["left_alone"]:
-        print(f"left alone: {len(data['left_alone'])}")
-        for s in data["left_alone"]:
-            print(f"  {s['engagement']:<20} {s['what']:<32} {s['why']}")
+def _lines(spool: Any) -> Iterator[dict[str, Any]]:
+    spool.seek(0)
+    for line in spool:
+        yield json.loads(line)
+
+
+def _print_json_lists(spools: dict[str, Any]) -> None:
+    """One JSON object whose members are lists, each streamed from a spool of JSON lines."""
+    out = sys.stdout
+    out.write("{")
+    for n, (name, spool) in enumerate(spools.items()):
+        out.write(("" if n == 0 else ", ") + json.dumps(name) + ": [")
+        spool.seek(0)
+        for i, line in enumerate(spool):
+            out.write(("" if i == 0 else ", ") + line.rstrip("\n"))
+        out.write("]")
+    out.write("}\n")
 
 
 def _push(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import SyncReport, run_sync
 from flows.memory import release_free_memory
-from flows.push_engine import CALENDAR_SUFFIX, PushReport, push
+from flows.push_engine import PushReport, push
 from sandbox.client import SandboxControl
 from store import Store
 
@@ -110,8 +110,11 @@ def sync_minimum(
 
 def push_minimum(report: PushReport, mapping: Mapping) -> dict[str, dict[str, int]]:
     """Salesforce collections of ``batch_size`` (at most 200), one Jira comment each, Calendar batches."""
-    items = [*report.plan.items, *report.plan.retries]
-    kinds = Counter(i.kind for i in items if i.target == "salesforce")
+    writes = report.plan.writes  # (target, kind, calendar) -> planned and retried
+    kinds: Counter[str] = Counter()
+    for (target, kind, _), n in writes.items():
+        if target == "salesforce":
+            kinds[kind] += n
     minimum: dict[str, dict[str, int]] = {api: {} for api in APIS}
     sf_batch = mapping.push.salesforce.batch_size
     if kinds:
@@ -120,11 +123,14 @@ def push_minimum(report: PushReport, mapping: Mapping) -> dict[str, dict[str, in
         minimum["salesforce"]["PATCH composite.upsert"] = pages(kinds["task"], sf_batch)
     if kinds["opportunity_status"]:
         minimum["salesforce"]["PATCH composite.update"] = pages(kinds["opportunity_status"], sf_batch)
-    comments = sum(1 for i in items if i.target == "jira")
+    comments = sum(n for (target, _, _), n in writes.items() if target == "jira")
     if comments:
         minimum["jira"]["POST comments.add"] = comments  # Jira has no batch comment API
         minimum["jira"]["PUT properties.put"] = comments  # the issue asks for the entity property too
-    per_calendar = Counter(str(i.payload.get("calendar_id")) for i in items if i.target == "google_calendar")
+    per_calendar: Counter[str] = Counter()
+    for (target, _, calendar), n in writes.items():
+        if target == "google_calendar":
+            per_calendar[calendar] += n
     if per_calendar:
         size = mapping.push.google_calendar.batch_size
         minimum["google_calendar"]["POST batch"] = sum(pages(n, size) for n in per_calendar.values())
@@ -234,9 +240,9 @@ def run_size(
             push_phase = phase_figures(
                 figures, calls_since(control, since), push_minimum(pushed, mapping), written, settings, latency_ms
             )
-            push_phase["planned"] = len(pushed.plan.items)
+            push_phase["planned"] = pushed.plan.planned
             push_phase["failed"] = pushed.failed
-            push_phase["calendar_reminders"] = sum(1 for i in pushed.plan.items if i.key.endswith(CALENDAR_SUFFIX))
+            push_phase["calendar_reminders"] = pushed.plan.by_kind().get("calendar_event", 0)
         finally:
             store.dispose()
     return {

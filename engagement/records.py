@@ -258,6 +258,7 @@ LOOKUP_STREAMS = (
     ("google_calendar", "events"),
     ("salesforce", "contacts"),
     ("salesforce", "contact_roles"),
+    ("salesforce", "reminders"),
 )
 MEETING_MARK = "x:"  # every countable meeting has it, so meetings without any attendee are found too
 KEY_LIMIT = 400  # the store's key column
@@ -302,11 +303,24 @@ def opportunity_key(opportunity_id: str) -> str:
     return fit_key("o:" + opportunity_id)
 
 
+def reminder_engagement(key: str) -> str | None:
+    """The engagement of an Accord reminder key (``acc-<engagement>-<reason>-<hash>``, see
+    ``engagement.rules.reminder_key``); None for any other key."""
+    parts = key.split("-")
+    if parts[0] != "acc" or len(parts) < 3 or not parts[1]:
+        return None
+    return parts[1]
+
+
 def lookup_keys(record: SourceRecord) -> set[str]:
     """The keys of a live issue (its project), meeting (its attendees), contact (its account and
-    address, without the domain) or contact role (its engagement); none for anything else."""
+    address, without the domain), contact role or Accord reminder Task (its engagement); none for
+    anything else."""
     if record.deleted:
         return set()
+    if record.source == "salesforce" and record.stream == "reminders":
+        engagement = reminder_engagement(str(record.data.get("key") or ""))
+        return {opportunity_key(engagement)} if engagement else set()
     if record.source == "jira" and record.stream == "issues":
         return {project_key(str(record.data.get("project")))}
     if record.source == "salesforce" and record.stream == "contacts":

@@ -139,7 +139,7 @@ def _run_partition(
                     markdown=plan_markdown(report.plan) + "\n\n" + push_markdown(report),
                     description=f"Accord push of partition {partition} of {partitions}",
                 )
-                result |= {"planned": len(report.plan.items), "failed": report.failed}
+                result |= {"planned": report.plan.planned, "failed": report.failed}
                 if report.failed:
                     raise PartitionFailedError(
                         f"partition {partition}: {report.failed} writes failed and stay queued for the next push"

@@ -116,13 +116,13 @@ def push_flow(dry_run: bool = False, partitions: int = 0) -> dict[str, Any]:
         with budget_throttles(settings):
             store.create_all()
             if dry_run:
-                from flows.push_engine import plan_push
+                from flows.push_engine import plan_summary
 
-                plan = plan_push(store, mapping, mapping_path)
+                summary = plan_summary(store, mapping, mapping_path)
                 create_markdown_artifact(
-                    key="accord-plan", markdown=plan_markdown(plan), description="Accord push plan"
+                    key="accord-plan", markdown=plan_markdown(summary), description="Accord push plan"
                 )
-                return plan.to_json()
+                return summary.to_json()
             report = push(store, settings, mapping, mapping_path, apply=apply)
             writes = failed_writes(report.targets, store)
     except Exception as exc:

@@ -8,10 +8,11 @@ anywhere leaves items pending; the re-run repeats them and the targets recognise
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,13 +23,13 @@ from connectors.base import TargetWriter, WriteRequest
 from connectors.errors import ConnectorError
 from engagement.mapping import Mapping
 from engagement.model import Engagement
-from engagement.partition import partition_of, unify_groups
-from engagement.records import iso, parse_date, parse_datetime
+from engagement.partition import GROUP_SIZE, partition_of, unify_groups
+from engagement.records import iso, opportunity_key, parse_date, parse_datetime, reminder_engagement
 from engagement.rules import KnownReminder, People, Reminder, StatusFingerprint, StatusUpdate, plan_rules
 from engagement.wording import Wording, templates_dir
 from flows.memory import limit_malloc_arenas
 from store import Delivery, OutboxItem, Store
-from store.outbox import holder
+from store.outbox import DUE_PAGE, batch_of, holder
 
 log = logging.getLogger("accord.push")
 TARGETS = ("salesforce", "jira", "google_calendar")
@@ -42,9 +43,46 @@ class Skipped:
     what: str
     why: str
 
+    def to_json(self) -> dict[str, str]:
+        return {"engagement": self.engagement_id, "what": self.what, "why": self.why}
+
+
+ROWS_KEPT = 300  # plan rows (actions, and what is left alone) a push keeps for its report
+
+
+def action_json(item: OutboxItem, retry: bool = False) -> dict[str, Any]:
+    if retry:
+        action = "retry"
+        reason = f"{item.reason} (attempt {item.attempts + 1}; last error: {item.last_error or 'none'})"
+    else:
+        action = "update" if item.kind == "opportunity_status" else "create"
+        reason = item.reason
+    return {
+        "target": item.target,
+        "kind": item.kind,
+        "key": item.key,
+        "engagement": item.engagement_id,
+        "action": action,
+        "reason": reason,
+    }
+
+
+@dataclass
+class GroupPlan:
+    """What one group of engagements needs written: the items, the status fingerprints they carry,
+    and what is deliberately left alone."""
+
+    items: list[OutboxItem] = field(default_factory=list)
+    statuses: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    retries: list[OutboxItem] = field(default_factory=list)  # earlier runs' writes due now (``walk_plan``)
+
 
 @dataclass
 class PushPlan:
+    """A whole plan, held in memory: what ``accord plan`` shows. A push never holds it; it keeps a
+    ``PlanSummary``."""
+
     now: datetime
     items: list[OutboxItem] = field(default_factory=list)
     statuses: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
@@ -52,39 +90,87 @@ class PushPlan:
     retries: list[OutboxItem] = field(default_factory=list)  # failed or pending from earlier runs
 
     def actions_json(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "target": i.target,
-                "kind": i.kind,
-                "key": i.key,
-                "engagement": i.engagement_id,
-                "action": "update" if i.kind == "opportunity_status" else "create",
-                "reason": i.reason,
-            }
-            for i in self.items
-        ] + [
-            {
-                "target": i.target,
-                "kind": i.kind,
-                "key": i.key,
-                "engagement": i.engagement_id,
-                "action": "retry",
-                "reason": f"{i.reason} (attempt {i.attempts + 1}; last error: {i.last_error or 'none'})",
-            }
-            for i in self.retries
-        ]
+        return [action_json(i) for i in self.items] + [action_json(i, retry=True) for i in self.retries]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "actions": self.actions_json(),
-            "left_alone": [{"engagement": s.engagement_id, "what": s.what, "why": s.why} for s in self.skipped],
+            "left_alone": [s.to_json() for s in self.skipped],
         }
 
 
-def _known_reminders(store: Store, mapping: Mapping) -> dict[str, KnownReminder]:
-    """Reminders that exist: queued or delivered by us, and their state as read back from Salesforce."""
+@dataclass
+class PlanSummary:
+    """What a push keeps of its plan, however large: counts per target, kind and calendar, and the
+    first ``limit`` actions and skips for the report."""
+
+    now: datetime
+    limit: int = ROWS_KEPT
+    planned: int = 0
+    retries: int = 0
+    left_alone: int = 0
+    # (target, kind, calendar) -> writes planned and retried
+    writes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, plan: PushPlan, limit: int = ROWS_KEPT) -> PlanSummary:
+        summary = cls(plan.now, limit)
+        summary.add(plan.items, plan.skipped)
+        for item in plan.retries:
+            summary.add_retry(item)
+        return summary
+
+    def _count(self, item: OutboxItem, retry: bool) -> None:
+        self.writes[(item.target, item.kind, str(item.payload.get("calendar_id") or ""))] += 1
+        if len(self.actions) < self.limit:
+            self.actions.append(action_json(item, retry))
+
+    def add(self, items: Sequence[OutboxItem], skipped: Sequence[Skipped] = ()) -> None:
+        self.planned += len(items)
+        for item in items:
+            self._count(item, retry=False)
+        self.left_alone += len(skipped)
+        self.skipped += skipped[: max(0, self.limit - len(self.skipped))]
+
+    def add_retry(self, item: OutboxItem) -> None:
+        self.retries += 1
+        self._count(item, retry=True)
+
+    @property
+    def total(self) -> int:
+        return self.planned + self.retries
+
+    def by_target(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (target, _, _), n in self.writes.items():
+            counts[target] += n
+        return dict(sorted(counts.items()))
+
+    def by_kind(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (_, kind, _), n in self.writes.items():
+            counts[kind] += n
+        return dict(sorted(counts.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "retries": self.retries,
+            "by_target": self.by_target(),
+            "actions": self.actions,
+            "actions_total": self.total,
+            "left_alone": [s.to_json() for s in self.skipped],
+            "left_alone_total": self.left_alone,
+        }
+
+
+def _known_reminders(store: Store, mapping: Mapping, engagements: Sequence[str]) -> dict[str, KnownReminder]:
+    """The reminders of ``engagements`` that exist: queued or delivered by us, and their state as
+    read back from Salesforce."""
     done_statuses = {s.casefold() for s in mapping.push.salesforce.task_done_statuses}
-    queued = store.outbox.keys(REMINDER_KINDS)
+    queued = store.outbox.keys(REMINDER_KINDS, engagements)
     known: dict[str, KnownReminder] = {}
     for item in queued.values():
         key = item.key.removesuffix(CALENDAR_SUFFIX)
@@ -100,9 +186,11 @@ def _known_reminders(store: Store, mapping: Mapping) -> dict[str, KnownReminder]
         )
     if mapping.salesforce.reminders is None:
         return known
-    for record in store.iter_records("salesforce", "reminders"):
+    records = store.records_by_keys("salesforce", "reminders", [opportunity_key(e) for e in engagements])
+    for record in sorted(records, key=lambda r: r.id):
         key = str(record.data.get("key") or "")
-        if not key.startswith("acc-"):
+        engagement = reminder_engagement(key)
+        if engagement is None:
             continue
         previous = known.get(key)
         status = "open"
@@ -114,7 +202,7 @@ def _known_reminders(store: Store, mapping: Mapping) -> dict[str, KnownReminder]
         parts = key.split("-")
         known[key] = KnownReminder(
             key=key,
-            engagement_id=previous.engagement_id if previous else (parts[1] if len(parts) > 2 else ""),
+            engagement_id=previous.engagement_id if previous else engagement,
             reason=previous.reason if previous else (parts[2] if len(parts) > 3 else "unknown"),
             status=status,  # type: ignore[arg-type]  # one of the three literals above
             created_at=previous.created_at if previous else record.updated_at,
@@ -160,6 +248,64 @@ def _reminder_window(mapping: Mapping, due: date) -> tuple[str, str]:
     return iso(start) or "", iso(end) or ""
 
 
+def plan_groups(
+    store: Store,
+    mapping: Mapping,
+    mapping_path: Path,
+    now: datetime,
+    *,
+    partition: int = 0,
+    partitions: int = 1,
+    group_size: int = GROUP_SIZE,
+) -> Iterator[GroupPlan]:
+    """What a push would write now for one partition of clients (all by default), group by group
+    (``engagement.partition``): engagements recomputed as of ``now``, with what was pushed before
+    and the reminders read back for that group's engagements only. Writes nothing."""
+    people = _people(store)
+    wording = Wording(templates_dir(mapping_path, mapping.push.templates))
+    status_issues = _status_issues(store, mapping)
+    groups = unify_groups(store, mapping, now, partition=partition, partitions=partitions, group_size=group_size)
+    for _, view in groups:
+        ids = [e.id for e in view.engagements]
+        last = {eid: StatusFingerprint.from_json(fp) for eid, (fp, _) in store.outbox.last_status(ids).items()}
+        known = _known_reminders(store, mapping, ids)
+        engagements = {e.id: e for e in view.engagements}
+        rules = plan_rules(view.engagements, mapping, now, last_status=last, known=known, people=people)
+        group = GroupPlan(skipped=[Skipped(s.engagement_id, s.what, s.why) for s in rules.skipped])
+        for update in rules.status_updates:
+            _plan_status(group, now, mapping, wording, engagements[update.engagement_id], update, status_issues)
+        for reminder in rules.reminders:
+            _plan_reminder(group, mapping, wording, engagements[reminder.engagement_id], reminder)
+        yield group
+
+
+def walk_plan(
+    store: Store,
+    mapping: Mapping,
+    mapping_path: Path,
+    now: datetime,
+    *,
+    partition: int = 0,
+    partitions: int = 1,
+) -> Iterator[GroupPlan]:
+    """A push's plan as a dry run sees it, a piece at a time: each group's plan (``plan_groups``),
+    then the earlier runs' writes it would retry, a page at a time. Writes nothing."""
+    already: set[str] = set()  # planned keys an earlier run queued: not retries (rare)
+    for group in plan_groups(store, mapping, mapping_path, now, partition=partition, partitions=partitions):
+        already |= store.outbox.existing([i.key for i in group.items])
+        yield group
+    page = GroupPlan()
+    for item in store.outbox.iter_due(engagements=partition_filter(store, partition, partitions)):
+        if item.key in already:
+            continue
+        page.retries.append(item)
+        if len(page.retries) >= DUE_PAGE:
+            yield page
+            page = GroupPlan()
+    if page.retries:
+        yield page
+
+
 def plan_push(
     store: Store,
     mapping: Mapping,
@@ -169,29 +315,34 @@ def plan_push(
     partition: int = 0,
     partitions: int = 1,
 ) -> PushPlan:
-    """What a push would write now for one partition of clients (all by default), and what it
-    leaves alone and why. Writes nothing. Engagements are recomputed as of now, group by group."""
-    moment = now or datetime.now(UTC)
-    last = {
-        eid: StatusFingerprint.from_json(fingerprint) for eid, (fingerprint, _) in store.outbox.last_status().items()
-    }
-    known = _known_reminders(store, mapping)
-    people = _people(store)
-    wording = Wording(templates_dir(mapping_path, mapping.push.templates))
-    plan = PushPlan(now=moment)
-    status_issues = _status_issues(store, mapping)
-    for _, view in unify_groups(store, mapping, moment, partition=partition, partitions=partitions):
-        engagements = {e.id: e for e in view.engagements}
-        rules = plan_rules(view.engagements, mapping, moment, last_status=last, known=known, people=people)
-        plan.skipped += [Skipped(s.engagement_id, s.what, s.why) for s in rules.skipped]
-        for update in rules.status_updates:
-            _plan_status(plan, mapping, wording, engagements[update.engagement_id], update, status_issues)
-        for reminder in rules.reminders:
-            _plan_reminder(plan, mapping, wording, engagements[reminder.engagement_id], reminder)
-    planned = {i.key for i in plan.items}
-    owned = partition_filter(store, partition, partitions)
-    plan.retries = [i for i in store.outbox.due(engagements=owned) if i.key not in planned]
+    """The whole plan a push would make now, held (tests, small orgs), and the earlier writes it
+    would retry. Writes nothing. ``plan_summary`` keeps only counts and the first rows."""
+    plan = PushPlan(now=now or datetime.now(UTC))
+    for group in walk_plan(store, mapping, mapping_path, plan.now, partition=partition, partitions=partitions):
+        plan.items += group.items
+        plan.statuses += group.statuses
+        plan.skipped += group.skipped
+        plan.retries += group.retries
     return plan
+
+
+def plan_summary(
+    store: Store,
+    mapping: Mapping,
+    mapping_path: Path,
+    now: datetime | None = None,
+    *,
+    partition: int = 0,
+    partitions: int = 1,
+    limit: int = ROWS_KEPT,
+) -> PlanSummary:
+    """A dry run of a push, however large the org: counts and the first ``limit`` rows."""
+    summary = PlanSummary(now or datetime.now(UTC), limit)
+    for group in walk_plan(store, mapping, mapping_path, summary.now, partition=partition, partitions=partitions):
+        summary.add(group.items, group.skipped)
+        for item in group.retries:
+            summary.add_retry(item)
+    return summary
 
 
 def partition_filter(store: Store, partition: int, partitions: int) -> Callable[[str], bool] | None:
@@ -203,7 +354,8 @@ def partition_filter(store: Store, partition: int, partitions: int) -> Callable[
 
 
 def _plan_status(
-    plan: PushPlan,
+    plan: GroupPlan,
+    now: datetime,
     mapping: Mapping,
     wording: Wording,
     e: Engagement,
@@ -218,7 +370,7 @@ def _plan_status(
             "health": e.health.level.capitalize(),
             "stage": e.stage,
             "summary": wording.status_summary(e)[:32000],
-            "updated": iso(plan.now),
+            "updated": iso(now),
         }
         plan.items.append(
             OutboxItem(
@@ -252,7 +404,7 @@ def _plan_status(
                             "key": f"{update.key}-jira",
                             "health": e.health.level,
                             "stage": e.stage,
-                            "posted_at": iso(plan.now),
+                            "posted_at": iso(now),
                         },
                     },
                 )
@@ -260,7 +412,7 @@ def _plan_status(
     plan.statuses.append((e.id, update.fingerprint.to_json(), update.key))
 
 
-def _plan_reminder(plan: PushPlan, mapping: Mapping, wording: Wording, e: Engagement, reminder: Reminder) -> None:
+def _plan_reminder(plan: GroupPlan, mapping: Mapping, wording: Wording, e: Engagement, reminder: Reminder) -> None:
     subject, body = wording.reminder(e, reminder)
     targets = mapping.push.reminder_targets
     reason = f"{reminder.reason}: {reminder.why}"
@@ -349,7 +501,7 @@ class TargetReport:
 
 @dataclass
 class PushReport:
-    plan: PushPlan
+    plan: PlanSummary
     queued: int = 0
     targets: dict[str, TargetReport] = field(default_factory=dict)
 
@@ -359,9 +511,10 @@ class PushReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "planned": len(self.plan.items),
+            "planned": self.plan.planned,
+            "retries": self.plan.retries,
             "queued": self.queued,
-            "left_alone": len(self.plan.skipped),
+            "left_alone": self.plan.left_alone,
             "targets": {
                 name: {
                     "attempted": t.attempted,
@@ -385,13 +538,21 @@ def chunk_size(target: str, mapping: Mapping) -> int:
     }.get(target, 10)
 
 
-def chunks(items: Sequence[OutboxItem], size: int) -> list[list[OutboxItem]]:
-    """Chunks that map onto the targets' batches: one kind and one calendar per chunk (a Salesforce
-    composite call takes one kind, a Calendar batch one calendar), planned order kept within each."""
-    groups: dict[tuple[str, str], list[OutboxItem]] = defaultdict(list)
+def chunks(items: Iterable[OutboxItem], size: int) -> Iterator[list[OutboxItem]]:
+    """Chunks that map onto the targets' batches (``batch_of``: one kind and one calendar per chunk),
+    at most ``size`` each, planned order kept within each. Items of one batch that come together
+    (``Outbox.iter_due`` reads them so) fill chunks across pages; only what is held is a chunk each."""
+    open_chunks: dict[str, list[OutboxItem]] = {}
     for item in items:
-        groups[(item.kind, str(item.payload.get("calendar_id") or ""))].append(item)
-    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+        batch = batch_of(item.kind, item.payload)
+        chunk = open_chunks.setdefault(batch, [])
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield open_chunks.pop(batch)
+        elif len(open_chunks) > 1:  # a new batch began: the others are complete (they come together)
+            for other in [b for b in open_chunks if b != batch]:
+                yield open_chunks.pop(other)
+    yield from open_chunks.values()
 
 
 def apply_target(
@@ -408,13 +569,14 @@ def apply_target(
     in the meantime are left to it."""
     report = TargetReport(target)
     started = time.perf_counter()
-    due = store.outbox.due(target, engagements=engagements)
-    if not due:
+    due = chunks(store.outbox.iter_due(target, engagements=engagements), chunk_size(target, mapping))
+    first = next(due, None)
+    if first is None:
         return report
     writer = writer_factory(target, settings, mapping)
     try:
         with holder() as me:  # the attempts this run claims stay its own while it lives
-            for planned in chunks(due, chunk_size(target, mapping)):
+            for planned in itertools.chain([first], due):
                 chunk = store.outbox.claim(planned, by=me)
                 if not chunk:
                     continue
@@ -459,20 +621,39 @@ def push(
     apply: Callable[[str], TargetReport] | None = None,
     partition: int = 0,
     partitions: int = 1,
+    group_size: int = GROUP_SIZE,
 ) -> PushReport:
-    """Plan, queue the plan in the outbox, then apply everything due (of one partition of clients)."""
+    """Plan, queue the plan in the outbox, then apply everything due (of one partition of clients).
+
+    Group by group: each group's plan is queued in one transaction as soon as it is made, and only
+    counts and the first rows are kept (``PlanSummary``), so memory does not grow with the org. A
+    crash between groups leaves the queued groups pending; the re-run plans the rest (what is queued
+    is known: its status fingerprints and reminders) and applies everything due."""
     limit_malloc_arenas()
-    plan = plan_push(store, mapping, mapping_path, now, partition=partition, partitions=partitions)
-    report = PushReport(plan)
-    report.queued = store.outbox.enqueue(plan.items, plan.statuses)
+    moment = now or datetime.now(UTC)
+    summary = PlanSummary(moment)
+    report = PushReport(summary)
+    # Earlier runs' writes are those planned before this run queues anything (milliseconds: a run
+    # queues long after the one before it ended).
+    queued_before = iso(datetime.now(UTC))
+    already: set[str] = set()  # planned keys an earlier run had queued (rare: an old status again)
+    groups = plan_groups(
+        store, mapping, mapping_path, moment, partition=partition, partitions=partitions, group_size=group_size
+    )
+    for group in groups:
+        summary.add(group.items, group.skipped)
+        added, known = store.outbox.add(group.items, group.statuses)
+        report.queued += added
+        already |= known
     engagements = partition_filter(store, partition, partitions)
+    for item in store.outbox.iter_due(engagements=engagements, planned_before=queued_before):
+        if item.key not in already:
+            summary.add_retry(item)
     run = apply or (
         lambda target: apply_target(target, store, settings, mapping, writer_factory, engagements=engagements)
     )
     for target in targets:
         report.targets[target] = run(target)
-    by_target: dict[str, int] = defaultdict(int)
-    for item in plan.items:
-        by_target[item.target] += 1
-    log.info("push: %d planned %s, %d failed", len(plan.items), dict(by_target), report.failed)
+    planned, retried = summary.planned, summary.retries
+    log.info("push: %d planned %s, %d retried, %d failed", planned, summary.by_target(), retried, report.failed)
     return report

@@ -9,7 +9,7 @@ from typing import Any
 
 from flows.engine import ROWS_KEPT as TABLE_LIMIT
 from flows.engine import SyncReport, row_order
-from flows.push_engine import PushPlan, PushReport
+from flows.push_engine import ROWS_KEPT, PlanSummary, PushPlan, PushReport
 
 HEALTH_MARK = {"green": "🟢 green", "amber": "🟠 amber", "red": "🔴 red"}
 
@@ -104,23 +104,25 @@ def engagement_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def plan_markdown(plan: PushPlan, limit: int = 300) -> str:
-    actions = plan.actions_json()
-    lines = [f"# Accord push plan ({len(actions)} writes)", ""]
-    by_target: dict[str, int] = {}
-    for a in actions:
-        by_target[a["target"]] = by_target.get(a["target"], 0) + 1
-    lines.append(", ".join(f"**{t}**: {n}" for t, n in sorted(by_target.items())) or "Nothing to write.")
+def plan_markdown(plan: PlanSummary | PushPlan, limit: int = ROWS_KEPT) -> str:
+    """The plan's counts per target and its first ``limit`` actions and skips."""
+    summary = plan if isinstance(plan, PlanSummary) else PlanSummary.of(plan, limit)
+    lines = [f"# Accord push plan ({summary.total} writes)", ""]
+    by_target = summary.by_target()
+    lines.append(", ".join(f"**{t}**: {n}" for t, n in by_target.items()) or "Nothing to write.")
     lines += ["", "| target | what | engagement | key | why |", "|---|---|---|---|---|"]
-    for a in actions[:limit]:
+    shown = summary.actions[:limit]
+    for a in shown:
         why = _md_escape(a["reason"])
         lines.append(f"| {a['target']} | {a['action']} {a['kind']} | {a['engagement']} | `{a['key']}` | {why} |")
-    if len(actions) > limit:
-        lines.append(f"| … | {len(actions) - limit} more | | | |")
-    if plan.skipped:
-        lines += ["", f"**Left alone:** {len(plan.skipped)}", "", "| engagement | what | why |", "|---|---|---|"]
-        for s in plan.skipped[:limit]:
+    if summary.total > len(shown):
+        lines.append(f"| … | {summary.total - len(shown)} more | | | |")
+    if summary.left_alone:
+        lines += ["", f"**Left alone:** {summary.left_alone}", "", "| engagement | what | why |", "|---|---|---|"]
+        for s in summary.skipped[:limit]:
             lines.append(f"| {s.engagement_id} | {_md_escape(s.what)} | {_md_escape(s.why)} |")
+        if summary.left_alone > min(limit, len(summary.skipped)):
+            lines.append(f"| … | {summary.left_alone - min(limit, len(summary.skipped))} more | |")
     return "\n".join(lines)
 
 

@@ -17,12 +17,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, tuple_, update
 
 from engagement.records import iso
 from store.schema import outbox, pushed_status
 
 STATES = ("pending", "delivered", "failed", "superseded")
+DUE_PAGE = 1000  # due items read at a time
+LOOKUP_BATCH = 500  # ids per IN (...): well under SQLite's variable limit
+
+
+def batch_of(kind: str, payload: dict[str, Any]) -> str:
+    """The target batch an item goes in: one kind and one calendar per batch (a Salesforce composite
+    call takes one kind, a Calendar batch one calendar)."""
+    return f"{kind}|{payload.get('calendar_id') or ''}"
 
 
 @dataclass(frozen=True)
@@ -135,17 +143,24 @@ class Outbox:
         self._insert = insert  # the dialect's insert (ON CONFLICT support)
 
     def enqueue(self, items: Sequence[OutboxItem], statuses: Iterable[tuple[str, dict[str, Any], str]] = ()) -> int:
+        """``add``, returning how many items were new."""
+        return self.add(items, statuses)[0]
+
+    def add(
+        self, items: Sequence[OutboxItem], statuses: Iterable[tuple[str, dict[str, Any], str]] = ()
+    ) -> tuple[int, set[str]]:
         """Add new items (keys already known are left as they are) and record the status
         fingerprints they carry, in one transaction. Older pending writes of the same kind for the
-        same engagement and target are superseded by the new ones. Returns how many were new."""
+        same engagement and target are superseded by the new ones. Returns how many were new, and
+        the keys that were already known."""
         now = _now()
         added = 0
+        existing: set[str] = set()
         with self.engine.begin() as conn:
-            existing = (
-                {row.key for row in conn.execute(select(outbox.c.key).where(outbox.c.key.in_([i.key for i in items])))}
-                if items
-                else set()
-            )
+            keys = [i.key for i in items]
+            for start in range(0, len(keys), LOOKUP_BATCH):
+                batch = keys[start : start + LOOKUP_BATCH]
+                existing.update(row.key for row in conn.execute(select(outbox.c.key).where(outbox.c.key.in_(batch))))
             fresh = [i for i in items if i.key not in existing]
             for item in fresh:
                 if item.kind in ("opportunity_status", "jira_status_comment"):
@@ -175,6 +190,7 @@ class Outbox:
                             "retriable": True,
                             "planned_at": now,
                             "updated_at": now,
+                            "batch": batch_of(i.kind, i.payload),
                         }
                         for i in fresh
                     ],
@@ -190,25 +206,52 @@ class Outbox:
                         set_={"fingerprint": fingerprint, "key": key, "planned_at": now},
                     )
                 )
-        return added
+        return added, existing
 
     def due(
         self, target: str | None = None, max_attempts: int = 10, engagements: Callable[[str], bool] | None = None
     ) -> list[OutboxItem]:
+        """Writes to make now (all of them: see ``iter_due`` to read them page by page)."""
+        return list(self.iter_due(target, max_attempts, engagements))
+
+    def iter_due(
+        self,
+        target: str | None = None,
+        max_attempts: int = 10,
+        engagements: Callable[[str], bool] | None = None,
+        *,
+        planned_before: str | None = None,
+        page: int | None = None,
+    ) -> Iterator[OutboxItem]:
         """Writes to make now: pending ones, and failed ones worth another attempt (of the
-        engagements ``engagements`` accepts, when given: one partition's)."""
+        engagements ``engagements`` accepts, when given: one partition's; planned before
+        ``planned_before``, when given). Batch by batch (``batch_of``), in planned order within a
+        batch; read ``page`` rows (``DUE_PAGE``) at a time, so a large outbox is never held whole."""
+        page = page or DUE_PAGE
         query = select(outbox).where(
             (outbox.c.state == "pending")
             | ((outbox.c.state == "failed") & outbox.c.retriable.is_(True) & (outbox.c.attempts < max_attempts))
         )
         if target is not None:
             query = query.where(outbox.c.target == target)
-        now = _now()
-        with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key)).fetchall()
-        free = [r for r in rows if not r.claimed_until or r.claimed_until <= now or not _held(r.claimed_by)]
-        due = [_item(r) for r in free]
-        return [i for i in due if engagements is None or engagements(i.engagement_id)]
+        if planned_before is not None:
+            query = query.where(outbox.c.planned_at < planned_before)
+        order = (outbox.c.target, outbox.c.batch, outbox.c.planned_at, outbox.c.key)
+        after: tuple[Any, ...] | None = None
+        while True:
+            paged = query if after is None else query.where(tuple_(*order) > tuple_(*after))
+            now = _now()
+            with self.engine.connect() as conn:
+                rows = conn.execute(paged.order_by(*order).limit(page)).fetchall()
+            for r in rows:
+                if r.claimed_until and r.claimed_until > now and _held(r.claimed_by):
+                    continue  # another run is writing it
+                if engagements is None or engagements(r.engagement_id):
+                    yield _item(r)
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            after = (last.target, last.batch, last.planned_at, last.key)
 
     def claim(self, items: Sequence[OutboxItem], *, by: str | None = None) -> list[OutboxItem]:
         """Count an attempt before it is made, so a crash during the write leaves a trace: the next
@@ -266,10 +309,41 @@ class Outbox:
         with self.engine.connect() as conn:
             return [_item(r) for r in conn.execute(query.order_by(outbox.c.planned_at, outbox.c.key))]
 
-    def keys(self, kinds: Sequence[str]) -> dict[str, OutboxItem]:
+    def keys(self, kinds: Sequence[str], engagements: Iterable[str] | None = None) -> dict[str, OutboxItem]:
+        """Items of ``kinds`` that are not superseded (of ``engagements`` only, when given)."""
+        query = select(outbox).where(outbox.c.kind.in_(kinds), outbox.c.state != "superseded")
         with self.engine.connect() as conn:
-            rows = conn.execute(select(outbox).where(outbox.c.kind.in_(kinds), outbox.c.state != "superseded"))
-            return {r.key: _item(r) for r in rows}
+            if engagements is None:
+                return {r.key: _item(r) for r in conn.execute(query)}
+            wanted = sorted(set(engagements))
+            found: dict[str, OutboxItem] = {}
+            for start in range(0, len(wanted), LOOKUP_BATCH):
+                rows = conn.execute(query.where(outbox.c.engagement_id.in_(wanted[start : start + LOOKUP_BATCH])))
+                found.update((r.key, _item(r)) for r in rows)
+            return found
+
+    def existing(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the outbox holds, in any state."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), LOOKUP_BATCH):
+                batch = keys[start : start + LOOKUP_BATCH]
+                found.update(row.key for row in conn.execute(select(outbox.c.key).where(outbox.c.key.in_(batch))))
+        return found
+
+    def fill_batches(self) -> int:
+        """Give due items written before the ``batch`` column theirs; returns how many."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(outbox.c.key, outbox.c.kind, outbox.c.payload).where(
+                    outbox.c.batch.is_(None), outbox.c.state.in_(("pending", "failed"))
+                )
+            ).fetchall()
+            for row in rows:
+                conn.execute(
+                    update(outbox).where(outbox.c.key == row.key).values(batch=batch_of(row.kind, row.payload))
+                )
+        return len(rows)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{target: {state: n}}"""
@@ -282,11 +356,17 @@ class Outbox:
                 out.setdefault(target, {})[state] = int(n)
         return out
 
-    def last_status(self) -> dict[str, tuple[dict[str, Any], str]]:
+    def last_status(self, engagements: Iterable[str] | None = None) -> dict[str, tuple[dict[str, Any], str]]:
+        """Engagement id -> the fingerprint and key of its last planned status update (of
+        ``engagements`` only, when given)."""
+        query = select(pushed_status.c.engagement_id, pushed_status.c.fingerprint, pushed_status.c.key)
         with self.engine.connect() as conn:
-            return {
-                r.engagement_id: (r.fingerprint, r.key)
-                for r in conn.execute(
-                    select(pushed_status.c.engagement_id, pushed_status.c.fingerprint, pushed_status.c.key)
-                )
-            }
+            if engagements is None:
+                return {r.engagement_id: (r.fingerprint, r.key) for r in conn.execute(query)}
+            wanted = sorted(set(engagements))
+            found: dict[str, tuple[dict[str, Any], str]] = {}
+            for start in range(0, len(wanted), LOOKUP_BATCH):
+                batch = wanted[start : start + LOOKUP_BATCH]
+                rows = conn.execute(query.where(pushed_status.c.engagement_id.in_(batch)))
+                found.update((r.engagement_id, (r.fingerprint, r.key)) for r in rows)
+            return found

@@ -120,8 +120,13 @@ outbox = Table(
     # run leaves it alone meanwhile, unless that holder is known to be gone. Cleared when marked.
     Column("claimed_by", String(255), nullable=True),
     Column("claimed_until", String(32), nullable=True),
+    # The target batch the item goes in (``store.outbox.batch_of``): due items are read in this order,
+    # page by page, so every batch but a group's last is full without holding all due items at once.
+    Column("batch", String(320), nullable=True),
 )
 Index("ix_outbox_state", outbox.c.target, outbox.c.state)
+outbox_due = Index("ix_outbox_due", outbox.c.target, outbox.c.batch, outbox.c.planned_at, outbox.c.key)
+outbox_engagement = Index("ix_outbox_engagement", outbox.c.engagement_id, outbox.c.kind)
 
 pushed_status = Table(
     "pushed_status",

@@ -49,6 +49,8 @@ from store.schema import (
     cursors,
     engagements,
     metadata,
+    outbox_due,
+    outbox_engagement,
     record_keys,
     record_keys_by_key,
     records,
@@ -165,7 +167,7 @@ class StagingLostError(RuntimeError):
 
 # A cursor row saying which version of ``lookup_keys`` the stored keys were made by (2: issues and
 # meetings; 3: contacts and contact roles too).
-KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "3")
+KEYS_VERSION = CursorUpdate("accord", "lookup_keys", "", "4")
 
 
 @dataclass
@@ -237,10 +239,18 @@ class Store:
             with self.engine.begin() as conn:
                 conn.execute(text("ALTER TABLE engagements ADD COLUMN client_id VARCHAR(255)"))
         claims = {c["name"] for c in inspect(self.engine).get_columns("outbox")}
-        for column, kind in (("claimed_by", "VARCHAR(255)"), ("claimed_until", "VARCHAR(32)")):
+        added = (("claimed_by", "VARCHAR(255)"), ("claimed_until", "VARCHAR(32)"), ("batch", "VARCHAR(320)"))
+        for column, kind in added:
             if column not in claims:
                 with self.engine.begin() as conn:
                     conn.execute(text(f"ALTER TABLE outbox ADD COLUMN {column} {kind}"))
+        indexes = {i["name"] for i in inspect(self.engine).get_indexes("outbox")}
+        for index in (outbox_due, outbox_engagement):
+            if index.name not in indexes:
+                with self.engine.begin() as conn:
+                    index.create(conn)
+        if "batch" not in claims:
+            self.outbox.fill_batches()
         if records_by_partition.name not in {i["name"] for i in inspect(self.engine).get_indexes("records")}:
             with self.engine.begin() as conn:
                 conn.execute(text("DROP INDEX IF EXISTS ix_records_partition"))  # its prefix, without the id

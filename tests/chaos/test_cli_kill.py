@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engagement.mapping import load_mapping
 from engagement.unify import Snapshot, unify
-from flows.push_engine import PushReport, plan_push
+from flows.push_engine import plan_push
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
 from tests.chaos.figures import FIGURES, leak_hits, request_log_text, store_texts
@@ -140,7 +140,7 @@ def test_kill_9_of_accord_sync_and_push_then_a_rerun(tmp_path: Path) -> None:
         FIGURES.add("records_compared", len(live(truth)))
         truth.dispose()
 
-        expected = expected_keys(PushReport(plan_push(store, mapping, MAPPING_PATH)))
+        expected = expected_keys(plan_push(store, mapping, MAPPING_PATH).items)
         assert accord("push", kill_after=rng.randint(2, 30)) == -signal.SIGKILL
         assert accord("push") == 0
         assert tally_writes(sandbox, mapping, expected) == (0, 0)

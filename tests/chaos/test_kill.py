@@ -25,7 +25,7 @@ import pytest
 from engagement.mapping import Mapping, load_mapping
 from engagement.unify import Snapshot, unify
 from flows.engine import run_sync
-from flows.push_engine import PushReport, plan_push, push
+from flows.push_engine import plan_push, push
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
 from tests.chaos.figures import FIGURES, FULL, leak_hits, request_log_text, store_texts
@@ -157,7 +157,7 @@ def push_trial(mapping: Mapping, directory: Path, rng: random.Random, requests: 
         store.create_all()
         settings = settings_for(sandbox, url)
         assert not run_sync(settings, mapping, store, full=True).failed
-        expected = expected_keys(PushReport(plan_push(store, mapping, MAPPING_PATH)))
+        expected = expected_keys(plan_push(store, mapping, MAPPING_PATH).items)
         latency(sandbox, LATENCY_MS)
         runner = Runner(sandbox, url, directory, {})
         since = sandbox.log.last_seq

@@ -7,7 +7,7 @@ Accord marker, calendar events by their private ``accordKey``; no duplicate and 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +19,10 @@ from accord.settings import AccordSettings
 from connectors.base import TargetWriter, WriteRequest, WriteResult
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import run_sync
-from flows.push_engine import PushReport, build_writer, plan_push, push
+from flows.push_engine import build_writer, plan_push, push
 from sandbox.app import Sandbox, SandboxOptions
 from sandbox.client import SandboxControl, SandboxControlError
-from store import Store
+from store import OutboxItem, Store
 from tests.sandbox_settings import settings_for
 
 MAPPING_PATH = Path("mappings/default.yaml")
@@ -60,9 +60,10 @@ def target_counts(sandbox: Sandbox, mapping: Mapping) -> dict[str, Counter[str]]
     return {target: Counter(keys) for target, keys in written.items()}
 
 
-def expected_keys(report: PushReport) -> dict[str, set[str]]:
+def expected_keys(items: Iterable[OutboxItem]) -> dict[str, set[str]]:
+    """The keys ``items`` put in the targets, per target (status updates of opportunities carry none)."""
     keys: dict[str, set[str]] = {"salesforce": set(), "jira": set(), "google_calendar": set()}
-    for item in report.plan.items:
+    for item in items:
         if item.kind == "task":
             keys["salesforce"].add(item.key)
         elif item.kind == "jira_status_comment":
@@ -70,6 +71,11 @@ def expected_keys(report: PushReport) -> dict[str, set[str]]:
         elif item.kind == "calendar_event":
             keys["google_calendar"].add(item.key)
     return keys
+
+
+def queued_keys(store: Store) -> dict[str, set[str]]:
+    """``expected_keys`` of everything pushes have queued and not superseded."""
+    return expected_keys(i for i in store.outbox.items() if i.state != "superseded")
 
 
 def assert_exactly_once(sandbox: Sandbox, mapping: Mapping, keys: dict[str, set[str]]) -> None:
@@ -90,7 +96,8 @@ def test_push_writes_once_and_the_second_push_is_empty(world: World, mapping: Ma
     )
     report = push(world.store, world.settings, mapping, MAPPING_PATH)
     assert report.failed == 0, report.to_json()
-    assert_exactly_once(world.sandbox, mapping, expected_keys(report))
+    assert report.plan.planned == len(plan.items) and queued_keys(world.store) == expected_keys(plan.items)
+    assert_exactly_once(world.sandbox, mapping, expected_keys(plan.items))
     assert {state for t in world.store.outbox.counts().values() for state in t} == {"delivered"}
     # The control API tells out-of-process tests (the cluster) the same counts.
     control = SandboxControl(world.sandbox.info()["control"])
@@ -108,14 +115,17 @@ def test_push_writes_once_and_the_second_push_is_empty(world: World, mapping: Ma
     assert world.sandbox.log.count(api="salesforce", endpoint="query_all", method="GET") == 0
     since = world.sandbox.log.last_seq
     again = push(world.store, world.settings, mapping, MAPPING_PATH)
-    assert again.plan.items == [] and again.queued == 0
+    assert again.plan.planned == 0 and again.plan.retries == 0 and again.queued == 0
     writes = [r for r in world.sandbox.log.records(since_seq=since) if r.method in ("POST", "PATCH", "PUT", "DELETE")]
     assert [(r.api, r.endpoint) for r in writes if r.endpoint not in ("oauth2.token",)] == []
 
 
 class CrashPoints:
-    """Counts the steps of a push (the outbox enqueue, each writer call, each outbox mark) and
-    crashes at step ``at``, before or after doing it. ``at=0`` only counts."""
+    """Counts the steps of a push (each group's enqueue, each claim, each writer call, each outbox
+    mark) and crashes at step ``at``, before or after doing it. ``at=0`` only counts. Groups of
+    ``GROUP`` engagements (two or three), so a crash can fall between two groups' enqueues."""
+
+    GROUP = 5
 
     def __init__(self, at: int, when: str) -> None:
         self.at, self.when, self.taken = at, when, 0
@@ -148,17 +158,18 @@ class CrashPoints:
     def run(self, store: Store, settings: AccordSettings, mapping: Mapping, now: datetime) -> bool:
         """One push with the crash points in place; True when it ran to the end."""
         outbox = store.outbox
-        mark, enqueue, claim = outbox.mark, outbox.enqueue, outbox.claim
+        mark, add, claim = outbox.mark, outbox.add, outbox.claim
         outbox.mark = lambda deliveries: self.step(lambda: mark(deliveries))  # type: ignore[method-assign]  # crash point
         outbox.claim = lambda items, **kw: self.step(lambda: claim(items, **kw))  # type: ignore[method-assign]  # crash point
-        outbox.enqueue = lambda *a, **k: self.step(lambda: enqueue(*a, **k))  # type: ignore[method-assign]  # crash point
+        outbox.add = lambda *a, **k: self.step(lambda: add(*a, **k))  # type: ignore[method-assign]  # crash point
         try:
-            push(store, settings, mapping, MAPPING_PATH, now=now, writer_factory=self.writer_factory)
+            factory, size = self.writer_factory, self.GROUP
+            push(store, settings, mapping, MAPPING_PATH, now=now, writer_factory=factory, group_size=size)
             return True
         except SimulatedCrash:
             return False
         finally:
-            outbox.mark, outbox.enqueue, outbox.claim = mark, enqueue, claim  # type: ignore[method-assign]  # restore
+            outbox.mark, outbox.add, outbox.claim = mark, add, claim  # type: ignore[method-assign]  # restore
 
 
 def crash_trial(store: Store, mapping: Mapping, at: int, when: str) -> int:
@@ -167,7 +178,7 @@ def crash_trial(store: Store, mapping: Mapping, at: int, when: str) -> int:
         settings = settings_for(sandbox, store.url)
         assert not run_sync(settings, mapping, store, full=True).failed
         now = datetime.now(UTC)
-        expected = expected_keys(PushReport(plan_push(store, mapping, MAPPING_PATH, now)))
+        expected = expected_keys(plan_push(store, mapping, MAPPING_PATH, now).items)
         points = CrashPoints(at, when)
         finished = points.run(store, settings, mapping, now)
         assert finished == (at == 0 or at > points.taken)
@@ -185,7 +196,7 @@ def test_a_crash_at_every_step_then_a_rerun_writes_everything_exactly_once(
     store_factory: Callable[[], Store], mapping: Mapping
 ) -> None:
     steps = crash_trial(store_factory(), mapping, 0, "never")
-    assert steps >= 7  # enqueue, and a write and a mark per target at least
+    assert steps >= 11  # enqueues of 2 groups at least, and a claim, a write and a mark per target
     for at in range(1, steps + 1):
         for when in ("before", "after"):
             crash_trial(store_factory(), mapping, at, when)
@@ -194,8 +205,8 @@ def test_a_crash_at_every_step_then_a_rerun_writes_everything_exactly_once(
 def test_faults_during_a_push_lose_and_duplicate_nothing(world: World, mapping: Mapping) -> None:
     for app in world.sandbox.apps.values():
         app.faults.configure(rate_429=0.1, rate_5xx=0.05, rate_drop=0.03, retry_after_s=0, seed=7)
-    first = push(world.store, world.settings, mapping, MAPPING_PATH)
-    expected = expected_keys(first)
+    push(world.store, world.settings, mapping, MAPPING_PATH)
+    expected = queued_keys(world.store)
     for _ in range(5):  # writes that failed after all retries stay queued; later pushes finish them
         if not world.store.outbox.due():
             break
