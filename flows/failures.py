@@ -704,11 +704,21 @@ class FailedWrite:
     retriable: bool | None = None  # None: not known
 
 
-def explain_failed_writes(target: str, writes: Sequence[FailedWrite], context: FailureContext) -> OpsMessage:
-    """One message for the writes to ``target`` that failed this run (one row each in the artifact)."""
+def explain_failed_writes(
+    target: str,
+    writes: Sequence[FailedWrite],
+    context: FailureContext,
+    *,
+    total: int | None = None,
+    final: int | None = None,
+) -> OpsMessage:
+    """One message for the writes to ``target`` that failed this run (one row each in the artifact).
+    ``writes`` may be the first of them only: ``total`` says how many failed, ``final`` how many of
+    those the target refused for good (both counted from ``writes`` when not given)."""
     name = SOURCE_NAMES.get(target, target)
-    retry = sum(1 for w in writes if w.retriable is not False)
-    refused = len(writes) - retry
+    count = len(writes) if total is None else total
+    refused = sum(1 for w in writes if w.retriable is False) if final is None else final
+    retry = count - refused
     codes = sorted({w.error.split(":", 1)[0].split(" ", 1)[0] for w in writes if w.error})
     causes = [SALESFORCE_CODES[c] for c in codes if c in SALESFORCE_CODES] if target == "salesforce" else []
     checks: list[str] = []
@@ -733,7 +743,7 @@ def explain_failed_writes(target: str, writes: Sequence[FailedWrite], context: F
     if not checks:
         checks.append("the error of each record in the table below (`accord status` lists them too)")
     kept = (
-        f"Kept: all {len(writes)} stay in the outbox"
+        f"Kept: all {count} stay in the outbox"
         + (f"; {retry} will be retried by the next push" if retry else "")
         + (
             f"; {refused} were refused by {name} and are not retried automatically: they stay listed as failed "
@@ -745,7 +755,7 @@ def explain_failed_writes(target: str, writes: Sequence[FailedWrite], context: F
     )
     return OpsMessage(
         f"push → {target}",
-        f"{len(writes)} write{'s' * (len(writes) != 1)} to {name} failed",
+        f"{count} write{'s' * (count != 1)} to {name} failed",
         "; ".join(causes) or "the target refused these records (see each error)",
         tuple(checks),
         kept,

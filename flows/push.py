@@ -69,8 +69,9 @@ def apply_task(target: str, settings: AccordSettings, mapping: Mapping) -> tuple
 
 
 def failed_writes(report: dict[str, TargetReport], store: Store) -> list[FailedWrite]:
-    """This run's failed writes, each with whether the next push retries it (from the outbox)."""
-    retriable = {item.key: item.retriable for item in store.outbox.items(state="failed")}
+    """This run's failed writes (those each target report kept), each with whether the next push
+    retries it (from the outbox)."""
+    retriable = store.outbox.retriable([key for target in report.values() for key, _ in target.failures])
     return [
         FailedWrite(name, key, error, retriable.get(key))
         for name, target in sorted(report.items())
@@ -136,9 +137,10 @@ def push_flow(dry_run: bool = False, partitions: int = 0) -> dict[str, Any]:
     # Writes the targets refused one by one (those of a call that failed as a whole are explained above).
     whole = {name: target.error for name, target in report.targets.items() if target.error}
     for name in TARGETS:
-        refused = [w for w in writes if w.target == name and w.error != whole.get(name)]
-        if refused:
-            messages.append(explain_failed_writes(name, refused, context))
+        kept = report.targets.get(name)
+        if kept is not None and kept.refused:
+            refused = [w for w in writes if w.target == name and w.error != whole.get(name)]
+            messages.append(explain_failed_writes(name, refused, context, total=kept.refused, final=kept.refused_final))
     if messages:
         raise PushFailedError(publish("push", messages, logger, writes))
     return report.to_json()

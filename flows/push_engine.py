@@ -48,6 +48,7 @@ class Skipped:
 
 
 ROWS_KEPT = 300  # plan rows (actions, and what is left alone) a push keeps for its report
+FAILURES_KEPT = 200  # failed writes (key and error) a push keeps per target; all are counted
 
 
 def action_json(item: OutboxItem, retry: bool = False) -> dict[str, Any]:
@@ -495,8 +496,19 @@ class TargetReport:
     outcomes: dict[str, int] = field(default_factory=dict)
     calls: int = 0  # writer calls (each may be a batch)
     error: str | None = None
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error): the first FAILURES_KEPT
     seconds: float = 0.0
+    refused: int = 0  # failures the target gave record by record (not a whole call's)
+    refused_final: int = 0  # of those, the ones it will not take again (not retriable)
+
+    def fail(self, key: str, error: str, *, refused: bool = False, retriable: bool = True) -> None:
+        """Count a failed write; keep its key and error while fewer than ``FAILURES_KEPT`` are kept."""
+        self.failed += 1
+        if refused:
+            self.refused += 1
+            self.refused_final += not retriable
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append((key, error))
 
 
 @dataclass
@@ -589,8 +601,8 @@ def apply_target(
                     # The whole call failed (credentials, configuration, quota): keep every item for the
                     # next run; what broke is fixed outside Accord, and nothing may be dropped meanwhile.
                     store.outbox.mark([Delivery(i.key, False, "failed", error=str(exc), retriable=True) for i in chunk])
-                    report.failed += len(chunk)
-                    report.failures += [(i.key, str(exc)) for i in chunk]
+                    for i in chunk:
+                        report.fail(i.key, str(exc))
                     log.error("%s: writes stopped: %s", target, exc)
                     break
                 report.calls += 1
@@ -601,8 +613,7 @@ def apply_target(
                     if r.ok:
                         report.delivered += 1
                     else:
-                        report.failed += 1
-                        report.failures.append((r.key, r.error or "failed"))
+                        report.fail(r.key, r.error or "failed", refused=True, retriable=r.retriable)
     finally:
         writer.close()
         report.seconds = time.perf_counter() - started

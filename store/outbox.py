@@ -322,6 +322,17 @@ class Outbox:
                 found.update((r.key, _item(r)) for r in rows)
             return found
 
+    def retriable(self, keys: Sequence[str]) -> dict[str, bool]:
+        """Whether the next push retries each of ``keys`` that failed (failed keys only)."""
+        found: dict[str, bool] = {}
+        query = select(outbox.c.key, outbox.c.retriable).where(outbox.c.state == "failed")
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), LOOKUP_BATCH):
+                batch = keys[start : start + LOOKUP_BATCH]
+                rows = conn.execute(query.where(outbox.c.key.in_(batch)))
+                found.update((row.key, bool(row.retriable)) for row in rows)
+        return found
+
     def existing(self, keys: Sequence[str]) -> set[str]:
         """Which of ``keys`` the outbox holds, in any state."""
         found: set[str] = set()

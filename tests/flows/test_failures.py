@@ -29,7 +29,7 @@ from flows.failures import (
     failure_markdown,
     failure_text,
 )
-from flows.push_engine import push
+from flows.push_engine import FAILURES_KEPT, TargetReport, push
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
 from tests.sandbox_settings import settings_for
@@ -271,6 +271,15 @@ def test_secret_block_and_budget_failures_name_what_to_check() -> None:
     assert "accord-api-google-calendar" in budget.text() and "ACCORD_BUDGET__WAIT_TIMEOUT_S" in budget.text()
 
 
+def test_a_target_report_keeps_the_first_failures_and_counts_them_all() -> None:
+    report = TargetReport("salesforce")
+    for n in range(FAILURES_KEPT + 50):
+        report.fail(f"k{n}", "REQUIRED_FIELD_MISSING", refused=n % 2 == 0, retriable=n % 4 != 0)
+    report.fail("whole", "401 Unauthorized")
+    assert len(report.failures) == FAILURES_KEPT and report.failures[0] == ("k0", "REQUIRED_FIELD_MISSING")
+    assert (report.failed, report.refused, report.refused_final) == (FAILURES_KEPT + 51, 125, 63)
+
+
 def test_an_unexpected_error_is_named_by_its_type_only() -> None:
     message = explain(KeyError("jane.doe@client.example"), FailureContext("sync"), source="jira")
     assert "KeyError" in message.what and "jane.doe" not in failure_text("sync", [message])
@@ -288,13 +297,20 @@ def test_writes_refused_for_a_missing_field_name_the_push_mapping_key_and_record
         assert not run_sync(settings, load_mapping(DEFAULT_MAPPING), store, full=True).failed
         mapping = load_mapping(path)
         report = push(store, settings, mapping, path)
-        failures = report.targets["salesforce"].failures
+        sf = report.targets["salesforce"]
+        failures = sf.failures
         assert failures and report.targets["jira"].failed == 0
         retriable = {i.key: i.retriable for i in store.outbox.items(state="failed")}
+        assert store.outbox.retriable([key for key, _ in failures]) == retriable
     finally:
         store.dispose()
+    assert sf.refused == sf.failed == len(failures) and sf.refused_final == sum(not r for r in retriable.values())
     writes = [FailedWrite("salesforce", key, error, retriable[key]) for key, error in failures]
-    message = explain_failed_writes("salesforce", writes, FailureContext("push", settings, mapping, str(path)))
+    context = FailureContext("push", settings, mapping, str(path))
+    message = explain_failed_writes("salesforce", writes, context)
+    # A report keeps the first failures only; the counts say how many there were.
+    first = explain_failed_writes("salesforce", writes[:1], context, total=sf.refused, final=sf.refused_final)
+    assert first.what == message.what and first.kept == message.kept
     text = _clean(message, fresh)
     line = _line_of(path, "Accord_Helth__c")
     assert f"`push.salesforce.status_fields.health` ({path} line {line}) = `Accord_Helth__c`" in text
