@@ -291,3 +291,36 @@ def test_an_active_schedule_gets_its_runs_from_the_servers_scheduler(cluster: Cl
     server_log = (cluster.logs / "server.log").read_text(encoding="utf-8", errors="replace")
     assert "Can't evaluate bulk DML" not in server_log
     MEASURED["scheduled_digest_runs"] = len(runs)
+
+
+def test_a_completed_sync_triggers_a_push(cluster: Cluster) -> None:
+    """``accord-push``'s trigger (prefect.yaml): the server's automation starts a push each time an
+    ``accord-sync`` run completes. Triggers are paused since deploy; this test resumes them for one sync."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with cluster.client() as client:
+        deployment = client.read_deployment_by_name("accord-push/accord-push")
+        automations = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+        assert automations, "accord-push has no trigger"
+        runs_of = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        before = {run.id for run in client.read_flow_runs(deployment_filter=runs_of)}
+        for automation in automations:
+            client.resume_automation(automation.id)
+        try:
+            sync = cluster.run("accord-sync/accord-sync", {})
+            (sync,) = cluster.wait([sync.id], timeout=300)
+            assert _state(sync) == "COMPLETED", f"sync {_state(sync)}: {sync.state.message if sync.state else ''}"
+            triggered = poll(
+                "the push the completed sync triggers",
+                lambda: [r for r in client.read_flow_runs(deployment_filter=runs_of) if r.id not in before] or None,
+                timeout=120,
+                interval=1.0,
+            )
+        finally:
+            for automation in automations:
+                client.pause_automation(automation.id)
+    (push,) = cluster.wait([run.id for run in triggered], timeout=300)
+    assert push.created_by is not None and push.created_by.type == "AUTOMATION"
+    assert _state(push) == "COMPLETED", f"push {_state(push)}: {push.state.message if push.state else ''}"
+    assert push.parameters == {"dry_run": False}
+    MEASURED["triggered_push"] = {"worker": worker_of(push), "after_sync_s": _seconds(sync.end_time, push.start_time)}
