@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -54,6 +55,7 @@ log = logging.getLogger("accord.connectors.google_calendar")
 
 STREAM = "events"
 CALENDAR_LIST_MAX = 250  # calendarList.list answers at most 250 entries a page
+SERVICES_PER_THREAD = 4  # delegated users' services a thread keeps (one calendar is read at a time)
 
 
 @lru_cache(maxsize=256)
@@ -182,11 +184,16 @@ class ServicePool:
         self._open: list[Any] = []
 
     def get(self, subject: str | None = None) -> Any:
-        services: dict[str | None, Any] | None = getattr(self._local, "services", None)
+        """This thread's service for ``subject``. A thread keeps the services of its last
+        ``SERVICES_PER_THREAD`` subjects (delegated users) and closes older ones, so an org with
+        thousands of calendars does not hold a service for each."""
+        services: OrderedDict[str | None, Any] | None = getattr(self._local, "services", None)
         if services is None:
-            services = self._local.services = {}
+            services = self._local.services = OrderedDict()
         found = services.get(subject)
-        if found is None:
+        if found is not None:
+            services.move_to_end(subject)
+        else:
             try:
                 model = _JsonModel(data_wrapper=False) if self.fast_json else None
                 found = build_service(self.settings, subject=subject, scopes=self.scopes, model=model)
@@ -197,6 +204,11 @@ class ServicePool:
             services[subject] = found
             with self._lock:
                 self._open.append(found)
+            while len(services) > SERVICES_PER_THREAD:
+                _, oldest = services.popitem(last=False)
+                with self._lock:
+                    self._open.remove(oldest)
+                oldest.close()
         return found
 
     @property

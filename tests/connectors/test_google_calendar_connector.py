@@ -41,6 +41,7 @@ from connectors.errors import (
     TransientError,
 )
 from connectors.google_calendar import CalendarConnector
+from connectors.google_calendar.connector import SERVICES_PER_THREAD, ServicePool
 from connectors.google_calendar.credentials import READONLY_SCOPE, build_credentials
 from connectors.google_calendar.errors import FullSyncRequiredError, classify
 from connectors.incremental import Batch
@@ -608,6 +609,24 @@ def test_service_account_credentials_with_delegation(emulator: Emulator, mapping
 
     with pytest.raises(ConfigError, match="service account key"):
         build_credentials(settings.model_copy(update={"service_account_file": str(tmp_path / "missing.json")}))
+
+
+def test_a_thread_keeps_the_services_of_its_last_delegated_users_only(emulator: Emulator, tmp_path: Path) -> None:
+    key = _service_account_key(tmp_path / "sa.json", emulator.server.base_url + "/token")
+    settings = GoogleCalendarSettings(
+        api_endpoint=emulator.endpoint, service_account_file=str(key), delegate_per_calendar=True, retry=NO_WAIT
+    )
+    pool = ServicePool(settings)
+    try:
+        users = [f"user{n}@agency.example" for n in range(3 * SERVICES_PER_THREAD)]
+        built = {user: pool.get(user) for user in users}
+        assert pool.open_count == SERVICES_PER_THREAD  # the older ones were closed, not kept
+        assert pool.get(users[-1]) is built[users[-1]]  # a recent user's service is reused
+        assert pool.get(users[0]) is not built[users[0]]  # an evicted one is built again
+        assert pool.open_count == SERVICES_PER_THREAD
+    finally:
+        pool.close()
+    assert pool.open_count == 0
 
 
 def test_settings_refuse_incomplete_credentials() -> None:
