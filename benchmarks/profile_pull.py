@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated; each alone, then together")
     parser.add_argument("--profile", action="store_true", help="also one cProfiled pull of all of them")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval for the pulls")
     args = parser.parse_args(argv)
+    if args.switch_ms is not None:
+        sys.setswitchinterval(args.switch_ms / 1000)
     sources = tuple(s for s in args.sources.split(",") if s)
     mapping = load_mapping(DEFAULT_MAPPING)
     with SandboxProcess(args.size, latency_ms=args.latency_ms) as sandbox:
