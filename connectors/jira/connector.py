@@ -378,22 +378,49 @@ class JiraConnector:
         return zone
 
     def project_keys(self) -> list[str]:
-        """Every project the API user can browse (``project/search``, paged), sorted."""
-        keys: list[str] = []
+        """Every project the API user can browse (``project/search``, paged), sorted.
+
+        The first page says how many there are (``total``); the other pages are then asked for at
+        once, ``concurrency`` at a time (medium org, 14 pages at 50 ms: 0.8 -> 0.25 s before the first
+        search). Without a total, or when the last page says more came meanwhile, it goes on page by
+        page from there."""
+        first = self._project_page(0)
+        values = first.get("values") or []
+        keys = [str(p["key"]) for p in values]
+        start = len(values)
+        last = bool(first.get("isLast", True)) or not values
+        total = first.get("total")
+        if not last and isinstance(total, int) and total > start:
+            starts = list(range(start, total, len(values)))
+            tasks: list[Callable[[], Iterator[tuple[int, dict[str, Any]]]]] = [
+                partial(self._project_pages, at, len(values)) for at in starts
+            ]
+            pages = sorted(self._parallel(tasks), key=lambda found: found[0])
+            for _, page in pages:
+                keys.extend(str(p["key"]) for p in page.get("values") or [])
+            at, tail = pages[-1]
+            start = at + len(tail.get("values") or [])
+            last = bool(tail.get("isLast", True)) or not tail.get("values")
         guard = PageGuard("list projects")
-        start = 0
-        while True:
-            params = {"startAt": start, "maxResults": PROJECT_PAGE_SIZE}
-            page = self.call("list projects", get_page("project/search", params))
+        while not last:
+            guard.check(start)
+            page = self._project_page(start)
             values = page.get("values") or []
             keys.extend(str(p["key"]) for p in values)
-            if page.get("isLast", True) or not values:
-                break
             start += len(values)
-            guard.check(start)
+            last = bool(page.get("isLast", True)) or not values
         if not keys:
             raise ConfigError(SOURCE, "no projects visible to the API user; check its Browse Projects permission")
         return sorted(set(keys))
+
+    def _project_page(self, start: int, size: int | None = None) -> dict[str, Any]:
+        params = {"startAt": start, "maxResults": size or PROJECT_PAGE_SIZE}
+        page: dict[str, Any] = self.call("list projects", get_page("project/search", params))
+        return page
+
+    def _project_pages(self, start: int, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """One page, as a stream of one for ``_parallel``, with where it starts."""
+        yield start, self._project_page(start, size)
 
     # -- search ---------------------------------------------------------------------------------------------
     def search_pages(

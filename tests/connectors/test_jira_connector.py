@@ -7,11 +7,12 @@ endpoint, how often, which JQL and minute literal, which page tokens and reconci
 from __future__ import annotations
 
 import io
+import json
 import random
 import ssl
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ from connectors.errors import (
 )
 from connectors.incremental import Batch
 from connectors.jira import JiraConnector
+from connectors.jira import connector as connector_module
 from connectors.jira.connector import _read_body
 from connectors.jira.errors import classify
 from connectors.retry import RetrySettings
@@ -74,6 +76,7 @@ class ScriptedJira(JiraApp):
         self.max_in_flight = 0
         self.searches = 0
         self._changed = threading.Condition()
+        self.edit_projects: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # rewrites project pages
 
     def wait_for_searches(self, count: int, timeout: float) -> bool:
         """Whether ``count`` searches arrived within ``timeout`` seconds."""
@@ -87,6 +90,9 @@ class ScriptedJira(JiraApp):
         return response
 
     def dispatch(self, request: Request, route: Route | None, path_known: bool) -> Response:
+        if route is not None and route.name == "project.search" and self.edit_projects is not None:
+            answer = super().dispatch(request, route, path_known)
+            return Response.json(self.edit_projects(json.loads(answer.body)), answer.status)
         if route is None or route.name != "search_jql":
             return super().dispatch(request, route, path_known)
         with self._changed:
@@ -345,6 +351,39 @@ def test_full_read_chunks_are_dealt_evenly_to_the_workers(site: Site, projects: 
     assert len(chunks) == min(projects, max(2 * concurrency, -(-projects // 50 // concurrency) * concurrency))
     if chunks:
         assert max(map(len, chunks)) - min(map(len, chunks)) <= 1
+
+
+def all_project_keys(site: Site) -> list[str]:
+    return sorted(p.key for p in site.store.projects.values())
+
+
+@pytest.mark.parametrize("answer", ["as_is", "without_total", "total_grew"])
+def test_project_pages_after_the_first_are_asked_for_at_once(
+    site: Site, mapping: Mapping, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """The first page's ``total`` says which pages follow; they are asked for concurrently. Without a
+    total, the pages follow one by one; when more projects came after the first page (its total was
+    smaller), the pages past it follow one by one. Every project once, every page once."""
+    monkeypatch.setattr(connector_module, "PROJECT_PAGE_SIZE", 3)
+    keys = all_project_keys(site)
+    assert len(keys) > 9
+
+    edited = []
+
+    def edit(page: dict[str, Any]) -> dict[str, Any]:
+        edited.append(page["startAt"])
+        if answer == "without_total":
+            page.pop("total")
+        if answer == "total_grew" and page["startAt"] == 0:
+            page["total"] = 7  # 2 more pages to ask for at once, then on one by one
+        return page
+
+    site.app.edit_projects = edit
+    connector = site.connector(mapping)
+    assert connector.project_keys() == keys
+    connector.close()
+    starts = sorted(int(r.query["startAt"][0]) for r in site.log.records(endpoint="project.search"))
+    assert starts == sorted(edited) == list(range(0, len(keys), 3))
 
 
 def test_full_read_concurrency_is_bounded_by_settings(site: Site, mapping: Mapping) -> None:
