@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 
@@ -57,6 +58,18 @@ def iso(value: datetime | None) -> str | None:
     """The one timestamp format the store and the model use: UTC, milliseconds, Z."""
     if value is None:
         return None
+    if value.tzinfo is UTC and value.__class__ is datetime:
+        # Every record's stamp (parse_datetime answers UTC): what isoformat(timespec="milliseconds")
+        # writes before its "+00:00", a third of its cost (tests/connectors/test_stamps.py).
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031  # the fastest of the three ways
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond // 1000,
+        )
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -274,6 +287,13 @@ def fit_key(key: str) -> str:
 
 def address_keys(email: str) -> set[str]:
     """``e:`` the address as written (case-folded), ``s:`` without its plus tag, ``d:`` its domain."""
+    return set(_address_key_set(email))
+
+
+@lru_cache(maxsize=1 << 16)
+def _address_key_set(email: str) -> frozenset[str]:
+    """``address_keys``, remembered: a meeting's attendees are mostly the same few thousand people,
+    so the store's write of the events' keys computes each address once, not once per meeting."""
     address = _plain_address(email)
     keys = {"e:" + address}
     if _plain_address(address) != address or len(address) + 2 > KEY_LIMIT:
@@ -283,7 +303,7 @@ def address_keys(email: str) -> set[str]:
         if "+" in local:
             keys.add(f"s:{local.split('+', 1)[0]}@{domain}")
         keys.add("d:" + domain)
-    return {fit_key(k) for k in keys}
+    return frozenset(fit_key(k) for k in keys)
 
 
 def _plain_address(email: str) -> str:
@@ -332,11 +352,16 @@ def lookup_keys(record: SourceRecord) -> set[str]:
     if record.source == "salesforce" and record.stream == "contact_roles":
         return {opportunity_key(ContactRole.from_record(record).opportunity_id)}
     if record.source == "google_calendar" and record.stream == "events":
-        event = CalendarEvent.from_record(record)
-        if event is None or event.status == "cancelled":
+        # What ``CalendarEvent.from_record`` reads of it, without building the event: the keys of a
+        # page of meetings are written with the page.
+        data = record.data
+        if parse_datetime(data.get("start")) is None or parse_datetime(data.get("end")) is None:
             return set()
         keys = {MEETING_MARK}
-        for attendee in event.attendees:
-            keys |= address_keys(attendee.email)
+        for attendee in data.get("attendees") or ():
+            if attendee.get("email"):
+                keys.update(_address_key_set(str(attendee["email"])))
+        if str(data.get("status") or "confirmed") == "cancelled":
+            return set()
         return keys
     return set()

@@ -184,22 +184,32 @@ def get_json(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, An
 
 def get_page(path: str, params: dict[str, Any]) -> Callable[[JIRA], dict[str, Any]]:
     """``get_json`` for the reader's pages, which are large: the same request through the same
-    session, the same answer, ``JIRAError`` and log line, with the body read in one piece (requests
-    reads it in 10 KB chunks) and decoded by orjson where that is exact (``connectors.jsonbody``)
-    instead of ``Response.json``."""
+    session, the same answer, ``JIRAError`` and log line, with the body read in one piece and decoded
+    by orjson where that is exact (``connectors.jsonbody``) instead of ``Response.json``."""
 
     def get(client: JIRA) -> dict[str, Any]:
-        response = client._session.get(client._get_url(path), params=params, stream=True)
+        response = client._session.get(
+            client._get_url(path), params=params, stream=True, hooks={"response": [_read_body]}
+        )
         try:
-            # Response.content's own steps (iter_content: the same bytes, the same exceptions),
-            # with one read instead of one per 10 KB.
-            response._content = b"".join(response.iter_content(chunk_size=None))
+            result: dict[str, Any] = _decode(client, response)
         finally:
             response.close()  # the connection goes back to the pool (or away, after an error)
-        result: dict[str, Any] = _decode(client, response)
         return result
 
     return get
+
+
+def _read_body(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """A response hook (run inside ``Session.send``): the body read in one piece, before the jira
+    library's ``ResilientSession`` asks for ``response.content``, which requests reads 10 KB at a
+    time: a 300 KB page was 30 reads, each a Python round of urllib3 and a release and re-take of
+    the GIL, which a reader waits for while other threads parse. ``Response.content``'s own steps
+    (``iter_content``: the same bytes, the same exceptions, raised where ``content`` raised them)."""
+    consumed = response._content_consumed  # type: ignore[attr-defined]  # requests' own flag; not in its stubs
+    if not consumed and response.status_code != 0 and response.raw is not None:
+        response._content = b"".join(response.iter_content(chunk_size=None))
+    return response
 
 
 def _decode(client: JIRA, response: requests.Response) -> Any:
@@ -368,22 +378,49 @@ class JiraConnector:
         return zone
 
     def project_keys(self) -> list[str]:
-        """Every project the API user can browse (``project/search``, paged), sorted."""
-        keys: list[str] = []
+        """Every project the API user can browse (``project/search``, paged), sorted.
+
+        The first page says how many there are (``total``); the other pages are then asked for at
+        once, ``concurrency`` at a time (medium org, 14 pages at 50 ms: 0.8 -> 0.25 s before the first
+        search). Without a total, or when the last page says more came meanwhile, it goes on page by
+        page from there."""
+        first = self._project_page(0)
+        values = first.get("values") or []
+        keys = [str(p["key"]) for p in values]
+        start = len(values)
+        last = bool(first.get("isLast", True)) or not values
+        total = first.get("total")
+        if not last and isinstance(total, int) and total > start:
+            starts = list(range(start, total, len(values)))
+            tasks: list[Callable[[], Iterator[tuple[int, dict[str, Any]]]]] = [
+                partial(self._project_pages, at, len(values)) for at in starts
+            ]
+            pages = sorted(self._parallel(tasks), key=lambda found: found[0])
+            for _, page in pages:
+                keys.extend(str(p["key"]) for p in page.get("values") or [])
+            at, tail = pages[-1]
+            start = at + len(tail.get("values") or [])
+            last = bool(tail.get("isLast", True)) or not tail.get("values")
         guard = PageGuard("list projects")
-        start = 0
-        while True:
-            params = {"startAt": start, "maxResults": PROJECT_PAGE_SIZE}
-            page = self.call("list projects", get_page("project/search", params))
+        while not last:
+            guard.check(start)
+            page = self._project_page(start)
             values = page.get("values") or []
             keys.extend(str(p["key"]) for p in values)
-            if page.get("isLast", True) or not values:
-                break
             start += len(values)
-            guard.check(start)
+            last = bool(page.get("isLast", True)) or not values
         if not keys:
             raise ConfigError(SOURCE, "no projects visible to the API user; check its Browse Projects permission")
         return sorted(set(keys))
+
+    def _project_page(self, start: int, size: int | None = None) -> dict[str, Any]:
+        params = {"startAt": start, "maxResults": size or PROJECT_PAGE_SIZE}
+        page: dict[str, Any] = self.call("list projects", get_page("project/search", params))
+        return page
+
+    def _project_pages(self, start: int, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """One page, as a stream of one for ``_parallel``, with where it starts."""
+        yield start, self._project_page(start, size)
 
     # -- search ---------------------------------------------------------------------------------------------
     def search_pages(
@@ -462,11 +499,26 @@ class JiraConnector:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _chunks(self, keys: list[str], *, spread: bool) -> list[list[str]]:
-        """Project keys per query: at most 50; with ``spread``, small enough to keep every worker busy."""
-        size = MAX_KEYS_PER_QUERY
-        if spread:
-            size = max(1, min(size, math.ceil(len(keys) / (2 * self.settings.concurrency))))
-        return [keys[i : i + size] for i in range(0, len(keys), size)]
+        """Project keys per query: at most 50. With ``spread``, the keys are dealt into a multiple of
+        ``concurrency`` chunks (at least two per worker, as many as the limit of 50 needs), whose
+        sizes differ by one key at most: every worker reads as many chunks of about the same size
+        and they finish together. Cut in chunks of 50, the medium org's 689 projects made 14 chunks
+        for 4 workers: two workers read a fourth chunk alone for the last 2 of 10 s (at 50 ms)."""
+        if not spread:
+            return [keys[i : i + MAX_KEYS_PER_QUERY] for i in range(0, len(keys), MAX_KEYS_PER_QUERY)]
+        workers = self.settings.concurrency
+        count = max(math.ceil(len(keys) / MAX_KEYS_PER_QUERY), 2 * workers)
+        count = min(len(keys), math.ceil(count / workers) * workers)
+        if count == 0:
+            return []
+        size, larger = divmod(len(keys), count)
+        chunks: list[list[str]] = []
+        start = 0
+        for index in range(count):
+            end = start + size + (1 if index < larger else 0)
+            chunks.append(keys[start:end])
+            start = end
+        return chunks
 
     def _records(self, page: list[dict[str, Any]]) -> list[SourceRecord]:
         extra = tuple(sorted(self.mapping.jira.extra_fields.items()))

@@ -6,11 +6,13 @@ endpoint, how often, which JQL and minute literal, which page tokens and reconci
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import ssl
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+import urllib3
 from jira.exceptions import JIRAError
 from pydantic import SecretStr
 
@@ -33,6 +36,8 @@ from connectors.errors import (
 )
 from connectors.incremental import Batch
 from connectors.jira import JiraConnector
+from connectors.jira import connector as connector_module
+from connectors.jira.connector import _read_body
 from connectors.jira.errors import classify
 from connectors.retry import RetrySettings
 from connectors.settings import JiraSettings
@@ -71,6 +76,7 @@ class ScriptedJira(JiraApp):
         self.max_in_flight = 0
         self.searches = 0
         self._changed = threading.Condition()
+        self.edit_projects: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # rewrites project pages
 
     def wait_for_searches(self, count: int, timeout: float) -> bool:
         """Whether ``count`` searches arrived within ``timeout`` seconds."""
@@ -84,6 +90,9 @@ class ScriptedJira(JiraApp):
         return response
 
     def dispatch(self, request: Request, route: Route | None, path_known: bool) -> Response:
+        if route is not None and route.name == "project.search" and self.edit_projects is not None:
+            answer = super().dispatch(request, route, path_known)
+            return Response.json(self.edit_projects(json.loads(answer.body)), answer.status)
         if route is None or route.name != "search_jql":
             return super().dispatch(request, route, path_known)
         with self._changed:
@@ -264,7 +273,50 @@ def test_full_read_equals_the_emulators_issues(site: Site, mapping: Mapping) -> 
     asked = [s.query["jql"][0] for s in searches if "nextPageToken" not in s.query]
     keys = sorted(p.key for p in site.store.projects.values())
     assert sorted(k for q in asked for k in q.split("(", 1)[1].split(")")[0].replace('"', "").split(", ")) == keys
-    assert len(asked) == 5
+    # Dealt into two chunks per worker (4 workers; fewer than 8 x 50 projects), one key apart at most.
+    sizes = sorted(len(q.split(", ")) for q in asked)
+    assert len(asked) == min(8, len(keys)) and sizes[-1] - sizes[0] <= 1
+
+
+class CountedBody(io.BytesIO):
+    """A response body that counts the reads urllib3 makes of it; closed once read to the end, like
+    ``http.client.HTTPResponse``."""
+
+    reads = 0
+
+    def isclosed(self) -> bool:
+        return self.closed or self.tell() >= len(self.getbuffer())
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        return super().readinto(buffer)
+
+
+def raw_response(body: bytes) -> tuple[requests.Response, CountedBody]:
+    counted = CountedBody(body)
+    response = requests.Response()
+    response.status_code = 200
+    response.raw = urllib3.HTTPResponse(
+        body=counted, headers={"Content-Length": str(len(body))}, status=200, preload_content=False
+    )
+    return response, counted
+
+
+def test_the_page_hook_reads_a_body_in_one_piece() -> None:
+    """requests reads ``Response.content`` 10 KB at a time (a page of 100 issues, about 300 KB: 30
+    reads, each a release and re-take of the GIL); the reader's hook reads the body at once and
+    ``content`` is then what it would have read."""
+    body = b'{"issues": [' + b",".join(b'{"id": "%d", "pad": "%s"}' % (i, b"x" * 2900) for i in range(100)) + b"]}"
+    chunked, by_requests = raw_response(body)
+    assert chunked.content == body and by_requests.reads > 25
+    hooked, by_hook = raw_response(body)
+    assert _read_body(hooked) is hooked
+    assert hooked.content == body and by_hook.reads <= 2
+    assert _read_body(hooked).content == body  # a second call reads nothing more
 
 
 def test_full_read_streams_pages_and_stops_its_workers_when_abandoned(site: Site, mapping: Mapping) -> None:
@@ -283,6 +335,55 @@ def test_full_read_streams_pages_and_stops_its_workers_when_abandoned(site: Site
     assert not [t for t in threading.enumerate() if t.name.startswith("jira-read")]
     connector.close()
     assert len(site.searches()) == fetched
+
+
+@pytest.mark.parametrize("projects", [0, 1, 3, 10, 49, 200, 689, 5000])
+@pytest.mark.parametrize("concurrency", [1, 3, 4])
+def test_full_read_chunks_are_dealt_evenly_to_the_workers(site: Site, projects: int, concurrency: int) -> None:
+    """A multiple of ``concurrency`` chunks (at least two per worker, at most 50 keys each), sizes
+    one key apart at most, in key order: the workers read equal shares and finish together."""
+    connector = site.connector(load_mapping("mappings/default.yaml"), concurrency=concurrency)
+    keys = [f"P{i:05d}" for i in range(projects)]
+    chunks = connector._chunks(keys, spread=True)
+    connector.close()
+    assert [k for chunk in chunks for k in chunk] == keys
+    assert all(0 < len(c) <= 50 for c in chunks)
+    assert len(chunks) == min(projects, max(2 * concurrency, -(-projects // 50 // concurrency) * concurrency))
+    if chunks:
+        assert max(map(len, chunks)) - min(map(len, chunks)) <= 1
+
+
+def all_project_keys(site: Site) -> list[str]:
+    return sorted(p.key for p in site.store.projects.values())
+
+
+@pytest.mark.parametrize("answer", ["as_is", "without_total", "total_grew"])
+def test_project_pages_after_the_first_are_asked_for_at_once(
+    site: Site, mapping: Mapping, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """The first page's ``total`` says which pages follow; they are asked for concurrently. Without a
+    total, the pages follow one by one; when more projects came after the first page (its total was
+    smaller), the pages past it follow one by one. Every project once, every page once."""
+    monkeypatch.setattr(connector_module, "PROJECT_PAGE_SIZE", 3)
+    keys = all_project_keys(site)
+    assert len(keys) > 9
+
+    edited = []
+
+    def edit(page: dict[str, Any]) -> dict[str, Any]:
+        edited.append(page["startAt"])
+        if answer == "without_total":
+            page.pop("total")
+        if answer == "total_grew" and page["startAt"] == 0:
+            page["total"] = 7  # 2 more pages to ask for at once, then on one by one
+        return page
+
+    site.app.edit_projects = edit
+    connector = site.connector(mapping)
+    assert connector.project_keys() == keys
+    connector.close()
+    starts = sorted(int(r.query["startAt"][0]) for r in site.log.records(endpoint="project.search"))
+    assert starts == sorted(edited) == list(range(0, len(keys), 3))
 
 
 def test_full_read_concurrency_is_bounded_by_settings(site: Site, mapping: Mapping) -> None:

@@ -1,7 +1,8 @@
 """``connectors.stamps`` is ``iso`` and ``iso(parse_datetime(...))``, value for value and error for error.
 
-The reference is whatever ``engagement.records`` does now: if its functions change, these tests show
-where the fast paths no longer agree."""
+The reference is ``parse_datetime`` as ``engagement.records`` has it now and ``iso`` as it was written
+before its fast path for UTC (``reference_iso``): if either changes, these tests show where the fast
+paths no longer agree."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ def outcome(fn: Any, value: Any) -> tuple[str, Any]:
     return ("value", result)
 
 
+def reference_iso(value: datetime | None) -> str | None:
+    """``engagement.records.iso`` without its fast path."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def same(value: Any) -> None:
-    assert outcome(iso_stamp, value) == outcome(lambda v: iso(parse_datetime(v)), value), value
+    assert outcome(iso_stamp, value) == outcome(lambda v: reference_iso(parse_datetime(v)), value), value
 
 
 FIXED = [
@@ -161,9 +169,26 @@ def test_remembered_hours_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(stamps._UTC_HOURS) <= 3
 
 
+class Moment(datetime):
+    """A datetime subclass: the fast path is for exact datetime only (a subclass may format itself)."""
+
+
 @given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)))
-def test_format_stamp_is_iso(moment: datetime) -> None:
-    assert format_stamp(moment) == iso(moment)
+def test_iso_of_utc_is_the_reference(moment: datetime) -> None:
+    assert iso(moment) == format_stamp(moment) == reference_iso(moment)
+
+
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.one_of(
+        st.none(),
+        st.just(UTC),
+        st.integers(min_value=-1439, max_value=1439).map(lambda m: timezone(timedelta(minutes=m))),
+    ),
+)
+def test_iso_of_any_moment_is_the_reference(moment: datetime, zone: timezone | None) -> None:
+    aware = moment.replace(tzinfo=zone)
+    assert outcome(iso, aware) == outcome(reference_iso, aware)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +200,10 @@ def test_format_stamp_is_iso(moment: datetime) -> None:
         datetime(2024, 1, 1, 0, 0, 0, 1000, tzinfo=UTC),
         datetime(2024, 4, 30, 9, 1, 2, tzinfo=timezone(timedelta(hours=5, minutes=30))),
         datetime(2024, 4, 30, 9, 1, 2, tzinfo=timezone(timedelta(0))),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 4, 30, 9, 1, 2, 345678),
+        Moment(2024, 4, 30, 9, 1, 2, 345678, tzinfo=UTC),
     ],
 )
-def test_format_stamp_fixed(moment: datetime | None) -> None:
-    assert format_stamp(moment) == iso(moment)
+def test_iso_fixed(moment: datetime | None) -> None:
+    assert format_stamp(moment) == iso(moment) == reference_iso(moment)
