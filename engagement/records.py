@@ -290,10 +290,11 @@ def address_keys(email: str) -> set[str]:
     return set(_address_key_set(email))
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 12)
 def _address_key_set(email: str) -> frozenset[str]:
-    """``address_keys``, remembered: a meeting's attendees are mostly the same few thousand people,
-    so the store's write of the events' keys computes each address once, not once per meeting."""
+    """``address_keys``, remembered: a calendar's meetings have mostly the same attendees, so the
+    store's write of the events' keys computes an address about once per calendar, not once per
+    meeting. Bounded (about 2 MB) so that memory does not grow with the org's people."""
     address = _plain_address(email)
     keys = {"e:" + address}
     if _plain_address(address) != address or len(address) + 2 > KEY_LIMIT:
