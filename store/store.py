@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     String,
     Text,
+    any_,
     bindparam,
     cast,
     create_engine,
@@ -59,6 +60,7 @@ from store.schema import (
     sync_runs,
 )
 
+READ_PAGE = 1000  # rows fetched at once when reading records
 BATCH_LOOKUP = 500  # ids per IN (...) lookup: well under SQLite's variable limit
 
 
@@ -106,6 +108,20 @@ def record_digest(record: SourceRecord) -> str:
         except TypeError:  # orjson.JSONEncodeError: integers beyond 64 bits, lone surrogates
             pass
     return _digest(payload)
+
+
+def engagement_digest(engagement: Engagement) -> str:
+    """A digest of everything an engagement holds, from orjson's form of the dataclass itself: the
+    stored payload (``summary_json``, ``to_json``) is derived from these fields alone, so it changes
+    exactly when this does, and an unchanged engagement is never turned into JSON (medium org: 0.2 s
+    of an incremental sync). What orjson cannot write goes through the payload and ``_digest``.
+    Stores written before hold digests of the payload: each of their engagements is rewritten once,
+    with no health change unless its health did change."""
+    try:
+        text = orjson.dumps(engagement, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: a value it has no form for (never seen; kept safe)
+        return _digest({"summary": engagement.summary_json(), "detail": engagement.to_json()})
+    return hashlib.sha256(text).hexdigest()
 
 
 def json_text(value: Any) -> str:
@@ -224,8 +240,13 @@ class Store:
         # SQLAlchemy's JSON type processing (medium org: 50,000 issues in 0.45 s, not 0.8 s).
         # SQLite keeps the text as written; PostgreSQL prints its jsonb, which reads back equal.
         text_data = cast(records.c.data, Text) if self.dialect == "postgresql" else type_coerce(records.c.data, Text)
-        self._record_columns = [
-            *(c for c in records.c if c.name != "data"),
+        self._record_columns = [  # in the order ``_rows_to_records`` unpacks
+            records.c.source,
+            records.c.stream,
+            records.c.id,
+            records.c.partition,
+            records.c.updated_at,
+            records.c.deleted,
             text_data.label("data"),
         ]
         self.outbox = Outbox(self.engine, self._insert())
@@ -554,29 +575,44 @@ class Store:
         if not include_deleted:
             query = query.where(records.c.deleted.is_(False))
         with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=2000).execute(query)
+            result = conn.execution_options(yield_per=2000).execute(query).tuples()
             for rows in result.partitions():
                 yield from _rows_to_records(rows)
 
     def records_by_keys(self, source: str, stream: str, keys: Iterable[str]) -> Iterator[SourceRecord]:
-        """Live records of one stream with any of ``keys`` (``engagement.records.lookup_keys``), each once."""
+        """Live records of one stream with any of ``keys`` (``engagement.records.lookup_keys``), each once.
+
+        One statement whatever the number of keys, the keys as one parameter (a JSON array read by
+        ``json_each`` on SQLite, an array on PostgreSQL); ``IN`` yields each record once. On SQLite the
+        driver's cursor is read directly, a page at a time: half the CPU of SQLAlchemy's rows (medium
+        org, every group's issues: 0.83 s -> 0.44 s)."""
         wanted = sorted(set(keys))
-        seen: set[str] = set()
+        if not wanted:
+            return
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), BATCH_LOOKUP):
-                matching = select(record_keys.c.id).where(
-                    record_keys.c.source == source,
-                    record_keys.c.stream == stream,
-                    record_keys.c.key.in_(wanted[start : start + BATCH_LOOKUP]),
-                )  # no DISTINCT: IN dedupes, and DISTINCT would steer SQLite to the primary key's order
-                query = select(*self._record_columns).where(
-                    records.c.source == source,
-                    records.c.stream == stream,
-                    records.c.deleted.is_(False),
-                    records.c.id.in_(matching),
-                )
-                rows = [row for row in conn.execute(query) if row.id not in seen]
-                seen.update(row.id for row in rows)
+            if self.dialect == "sqlite":
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # sqlite3's own
+                try:
+                    cursor.execute(_BY_KEYS_SQLITE, (source, stream, source, stream, json_text(wanted)))
+                    while rows := cursor.fetchmany(READ_PAGE):
+                        yield from _rows_to_records(rows)
+                finally:
+                    cursor.close()
+                return
+            keys_param: Any = bindparam("keys", wanted, type_=postgresql.ARRAY(String))
+            matching = select(record_keys.c.id).where(
+                record_keys.c.source == source,
+                record_keys.c.stream == stream,
+                record_keys.c.key == any_(keys_param),
+            )  # no DISTINCT: IN dedupes
+            query = select(*self._record_columns).where(
+                records.c.source == source,
+                records.c.stream == stream,
+                records.c.deleted.is_(False),
+                records.c.id.in_(matching),
+            )
+            result = conn.execution_options(yield_per=READ_PAGE).execute(query).tuples()
+            for rows in result.partitions():
                 yield from _rows_to_records(rows)
 
     def record_by_id(self, source: str, stream: str, record_id: str) -> SourceRecord | None:
@@ -584,7 +620,7 @@ class Store:
             records.c.source == source, records.c.stream == stream, records.c.id == record_id
         )
         with self.engine.connect() as conn:
-            rows = conn.execute(query).fetchall()
+            rows = conn.execute(query).tuples().fetchall()
         return next(_rows_to_records(rows), None)
 
     def iter_keys(self, source: str, stream: str, prefixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
@@ -656,11 +692,11 @@ class Store:
                 before.update((row.id, (row.digest, row.health)) for row in conn.execute(query))
             rows = []
             for e in group:
-                payload = {"summary": e.summary_json(), "detail": e.to_json()}
-                digest = _digest(payload)
+                digest = engagement_digest(e)
                 previous = before.get(e.id)
                 if previous is not None and previous[0] == digest:
                     continue
+                payload = {"summary": e.summary_json(), "detail": e.to_json()}
                 if previous is None or previous[1] != e.health.level:
                     changes.append(
                         HealthChange(
@@ -811,18 +847,21 @@ def _positional(statement: Any, engine: Engine, columns: tuple[str, ...]) -> str
     return str(compiled.string)
 
 
-def _rows_to_records(rows: Sequence[Any]) -> Iterator[SourceRecord]:
-    """Records from rows of ``Store._record_columns``: ``data`` arrives as JSON text (``json_value``)."""
+# A stream's live records with any of a JSON array of keys; the columns of ``Store._record_columns``.
+_BY_KEYS_SQLITE = (
+    "SELECT source, stream, id, partition, updated_at, deleted, data FROM records"
+    " WHERE source = ? AND stream = ? AND deleted = 0 AND id IN (SELECT id FROM record_keys"
+    " WHERE source = ? AND stream = ? AND key IN (SELECT value FROM json_each(?)))"
+)
+_NO_STAMP = datetime.min.replace(tzinfo=UTC)
+
+
+def _rows_to_records(rows: Iterable[tuple[Any, ...]]) -> Iterator[SourceRecord]:
+    """Records from tuples of ``Store._record_columns``: ``data`` arrives as JSON text (``json_value``)."""
     loads = json_value
-    for row in rows:
+    for source, stream, record_id, partition, updated_at, deleted, data in rows:
         yield SourceRecord(
-            source=row.source,
-            stream=row.stream,
-            id=row.id,
-            updated_at=parse_datetime(row.updated_at) or datetime.min.replace(tzinfo=UTC),
-            data=loads(row.data),
-            deleted=row.deleted,
-            partition=row.partition,
+            source, stream, record_id, parse_datetime(updated_at) or _NO_STAMP, loads(data), bool(deleted), partition
         )
 
 

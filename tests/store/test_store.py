@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from engagement.records import SourceRecord
 from engagement.unify import Snapshot, unify
 from sandbox.generator import generate_world
 from store import CursorUpdate, SeenScope, StagingLostError, Store
+from store.store import engagement_digest
 from tests.engagement.world_records import world_records
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -303,6 +305,50 @@ def test_engagements_saved_with_health_changes(store: Store) -> None:
     later = unify(Snapshot.from_records(store.iter_records()), mapping, now + timedelta(days=60))
     transitions = store.save_view(later, now + timedelta(days=60))
     assert transitions and all(c.previous != c.current for c in transitions)
+
+
+def test_an_engagement_is_rewritten_exactly_when_a_field_changes(store: Store) -> None:
+    """The engagement digest (orjson's form of the dataclass) sees a change anywhere in the model,
+    however deep, and nothing else: an equal engagement built again is not rewritten."""
+    now = datetime(2026, 11, 22, 9, tzinfo=UTC)
+    records = world_records(generate_world("small", 2, now))
+    mapping = load_mapping("mappings/default.yaml")
+    view = unify(Snapshot.from_records(records), mapping, now)
+    store.save_view(view, now)
+    again = unify(Snapshot.from_records(list(reversed(records))), mapping, now)
+    assert again.engagements == view.engagements and again.engagements[0] is not view.engagements[0]
+    assert {engagement_digest(e) for e in again.engagements} == {engagement_digest(e) for e in view.engagements}
+    before = {e["summary"]["id"]: e for e in store.load_engagements()}
+    first = next(e for e in view.engagements if e.health.reasons)
+    reasons = first.health.reasons
+    deep = replace(first.health, reasons=(*reasons[:-1], replace(reasons[-1], text=reasons[-1].text + "!")))
+    edited = [
+        replace(first, health=deep),  # a reason's text, three levels down
+        replace(first, progress=replace(first.progress, by_category={**first.progress.by_category, "new": -1})),
+        replace(first, close_date=None if first.close_date else now.date()),
+    ]
+    for changed in edited:
+        assert engagement_digest(changed) != engagement_digest(first)
+        store.save_engagements([changed], now)
+        assert {e["summary"]["id"]: e for e in store.load_engagements()}[first.id] != before[first.id]
+        store.save_engagements([first], now)
+        assert {e["summary"]["id"]: e for e in store.load_engagements()}[first.id] == before[first.id]
+
+
+def test_records_by_keys_reads_many_keys_each_record_once(store: Store) -> None:
+    """Thousands of keys in one read (one parameter), records with several matching keys once."""
+    rows = [
+        SourceRecord("salesforce", "contacts", f"003{i:015d}", T0, {"email": f"p{i}@x.example", "account": f"a{i % 7}"})
+        for i in range(3000)
+    ]
+    store.apply_batch(rows)
+    keys = [f"e:p{i}@x.example" for i in range(3000)] + [f"a:a{i}" for i in range(0, 7, 2)]  # most match twice
+    found = [r.id for r in store.records_by_keys("salesforce", "contacts", [*keys, "e:nobody@x.example"])]
+    assert sorted(found) == sorted(r.id for r in rows) and len(found) == len(set(found))
+    assert list(store.records_by_keys("salesforce", "contacts", [])) == []
+    store.apply_batch([replace(rows[0], deleted=True)])
+    assert rows[0].id not in {r.id for r in store.records_by_keys("salesforce", "contacts", keys)}
+    assert {r.id: r for r in store.records_by_keys("salesforce", "contacts", keys)}[rows[1].id] == rows[1]
 
 
 def test_runs_are_recorded(store: Store) -> None:
