@@ -252,7 +252,7 @@ def _without_client(source: RecordSource, directory: Directory, meetings: list[l
     if not meetings:
         return 0
     base = directory.base.index
-    addresses = {base.normalize(a) for attendees in meetings for a in attendees}
+    addresses = {base.normalize(a) for a in {a for attendees in meetings for a in attendees}}  # each once
     index = base.with_contacts(
         _contacts(source.records_by_keys("salesforce", "contacts", contact_keys(base, addresses))).values()
     )

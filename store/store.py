@@ -635,8 +635,8 @@ class Store:
             .order_by(record_keys.c.id, record_keys.c.key)
         )
         with self.engine.connect() as conn:
-            for rows in conn.execution_options(yield_per=5000).execute(query).partitions():
-                yield from ((row.id, row.key) for row in rows)
+            for rows in conn.execution_options(yield_per=5000).execute(query).tuples().partitions():
+                yield from rows
 
     def key_counts(self, source: str, stream: str, prefix: str) -> dict[str, int]:
         """Records per key, for keys starting with ``prefix``."""
