@@ -1,18 +1,25 @@
 """One benchmark size: a full sync, an incremental sync after ~1% of records change, and a push.
 
-Everything reported is measured in this process (wall clock, ``time.process_time``, the peak RSS
-from ``/proc/self/status``) or counted by the sandbox's request log; the minimum calls and the
-round-trip lower bound are derived from what the data holds (records per stream, projects,
-calendars, planned writes) and the settings (page sizes, batch sizes, concurrency).
+Each phase runs in a fresh process of its own, as deployed (every Prefect flow run is a process), on
+the same store and sandbox: its wall clock, ``time.process_time`` and peak RSS (``/proc/self/status``)
+are measured there, and the sandbox process's CPU over the same span here. Calls are counted by the
+sandbox's request log; the minimum calls and the round-trip lower bound are derived from what the
+data holds (records per stream, projects, calendars, planned writes) and the settings (page sizes,
+batch sizes, concurrency).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import math
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +28,7 @@ from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import SyncReport, run_sync
 from flows.memory import release_free_memory
-from flows.push_engine import PushReport, push
+from flows.push_engine import push
 from sandbox.client import SandboxControl
 from store import Store
 
@@ -30,6 +37,8 @@ APIS = ("salesforce", "jira", "google_calendar")
 CHANGED_SHARE = 0.01  # the incremental sync runs after this share of the records changed
 JIRA_PROJECT_PAGE = 50  # project/search page size (connectors.jira.connector.PROJECT_PAGE_SIZE)
 CALENDAR_LIST_PAGE = 250  # calendarList.list answers at most 250 a page
+PHASES = ("full", "incremental", "push")
+Streams = dict[str, dict[str, dict[str, int]]]  # source -> stream -> {"pulled": n, "partitions": n}
 
 
 # -- process figures -----------------------------------------------------------------------------------
@@ -86,31 +95,33 @@ def pages(records: int, page_size: int, *, at_least: int = 1) -> int:
 
 
 def sync_minimum(
-    report: SyncReport, settings: AccordSettings, mapping: Mapping, counts: dict[str, Any]
+    streams: Streams, full: bool, settings: AccordSettings, mapping: Mapping, counts: dict[str, Any]
 ) -> dict[str, dict[str, int]]:
     """The calls the data needs: full pages of each page size, one per unit at least, discovery once."""
     assert settings.salesforce and settings.google_calendar
-    sf = report.sources["salesforce"].streams
-    jira = report.sources["jira"].streams
-    cal = report.sources["google_calendar"].streams
+    sf = streams["salesforce"]
+    jira = streams["jira"]
+    cal = streams["google_calendar"]
     minimum: dict[str, dict[str, int]] = {api: {} for api in APIS}
     minimum["salesforce"]["POST oauth2.token"] = 1
-    minimum["salesforce"]["GET query pages"] = sum(pages(s.pulled, settings.salesforce.page_size) for s in sf.values())
-    issues = sum(s.pulled for s in jira.values())
-    if report.full:
+    minimum["salesforce"]["GET query pages"] = sum(
+        pages(s["pulled"], settings.salesforce.page_size) for s in sf.values()
+    )
+    issues = sum(s["pulled"] for s in jira.values())
+    if full:
         minimum["jira"]["GET project/search pages"] = pages(int(counts["jira"]["projects"]), JIRA_PROJECT_PAGE)
     minimum["jira"]["GET search_jql pages"] = pages(issues, mapping.jira.page_size)
     calendars = int(counts["google_calendar"]["calendars"])
     minimum["google_calendar"]["GET calendarList.list"] = pages(calendars, CALENDAR_LIST_PAGE)
-    events = sum(s.pulled for s in cal.values())
-    units = sum(s.partitions for s in cal.values())
+    events = sum(s["pulled"] for s in cal.values())
+    units = sum(s["partitions"] for s in cal.values())
     minimum["google_calendar"]["GET events.list"] = pages(events, settings.google_calendar.page_size, at_least=units)
     return minimum
 
 
-def push_minimum(report: PushReport, mapping: Mapping) -> dict[str, dict[str, int]]:
-    """Salesforce collections of ``batch_size`` (at most 200), one Jira comment each, Calendar batches."""
-    writes = report.plan.writes  # (target, kind, calendar) -> planned and retried
+def push_minimum(writes: Counter[tuple[str, str, str]], mapping: Mapping) -> dict[str, dict[str, int]]:
+    """Salesforce collections of ``batch_size`` (at most 200), one Jira comment each, Calendar batches;
+    ``writes``: (target, kind, calendar) -> writes planned and retried."""
     kinds: Counter[str] = Counter()
     for (target, kind, _), n in writes.items():
         if target == "salesforce":
@@ -181,14 +192,15 @@ def phase_figures(
     }
 
 
-def _pulled(report: SyncReport) -> int:
-    return sum(s.pulled for source in report.sources.values() for s in source.streams.values())
+def _streams(report: SyncReport) -> Streams:
+    return {
+        name: {stream: {"pulled": s.pulled, "partitions": s.partitions} for stream, s in source.streams.items()}
+        for name, source in report.sources.items()
+    }
 
 
-def _split(report: SyncReport) -> dict[str, Any]:
-    """Seconds per source's pull (concurrent) and what the run spent after the slowest pull (unify, save)."""
-    pulls = {name: round(source.seconds, 3) for name, source in report.sources.items()}
-    return {"pull_s_by_api": pulls, "after_pull_s": round(report.seconds - max(pulls.values(), default=0.0), 3)}
+def _pulled(streams: Streams) -> int:
+    return sum(s["pulled"] for source in streams.values() for s in source.values())
 
 
 def _checked(report: SyncReport) -> SyncReport:
@@ -197,62 +209,146 @@ def _checked(report: SyncReport) -> SyncReport:
     return report
 
 
+# -- one phase, in a process of its own ----------------------------------------------------------------
+def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_path: Path) -> dict[str, Any]:
+    """One phase against the store and sandbox, measured in this process (call it in a fresh one):
+    the figures and what the minimum calls are computed from (never a credential)."""
+    mapping = load_mapping(mapping_path)
+    store = Store(store_url)
+    settings = AccordSettings(database_url=store_url, sandbox_control=None).with_sandbox(sandbox_info)
+    try:
+        if phase == "push":
+            pushed, figures = measured(lambda: push(store, settings, mapping, mapping_path))
+            return {
+                "figures": figures,
+                "writes": [[*key, n] for key, n in sorted(pushed.plan.writes.items())],
+                "delivered": sum(t.delivered for t in pushed.targets.values()),
+                "planned": pushed.plan.planned,
+                "failed": pushed.failed,
+                "calendar_reminders": pushed.plan.by_kind().get("calendar_event", 0),
+            }
+        full = phase == "full"
+        report, figures = measured(
+            lambda: _checked(run_sync(settings, mapping, store, full=full, reconcile=None if full else False))
+        )
+        pulls = {name: round(source.seconds, 3) for name, source in report.sources.items()}
+        return {
+            "figures": figures,
+            "full": report.full,
+            "streams": _streams(report),
+            # Seconds per source's pull (concurrent) and what the run spent after the slowest (unify, save).
+            "split": {
+                "pull_s_by_api": pulls,
+                "after_pull_s": round(report.seconds - max(pulls.values(), default=0.0), 3),
+            },
+        }
+    finally:
+        store.dispose()
+
+
+def phase_in_child(phase: str, store_url: str, sandbox: SandboxProcess, mapping_path: Path) -> dict[str, Any]:
+    """``run_phase`` in a fresh interpreter; the sandbox's address and credentials go on its standard
+    input, never on a command line. Adds the sandbox process's CPU over the phase."""
+    command = [sys.executable, "-m", "benchmarks.measure", "--phase", phase, "--store", store_url]
+    before = sandbox.cpu_s()
+    done = subprocess.run(  # noqa: S603  # our own interpreter and module
+        [*command, "--mapping", str(mapping_path)],
+        input=json.dumps(sandbox.info),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark phase {phase} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["figures"]["sandbox_cpu_s"] = round(sandbox.cpu_s() - before, 3)
+    return result
+
+
 def run_size(
     size: str, *, latency_ms: float = 50.0, seed: int = 1, mapping_path: Path = DEFAULT_MAPPING
 ) -> dict[str, Any]:
-    """Full sync, incremental sync after ~1% change, push, against a sandbox of ``size``."""
+    """Full sync, incremental sync after ~1% change, push, against a sandbox of ``size``, each phase
+    in a process of its own."""
     mapping = load_mapping(mapping_path)
     with SandboxProcess(size, seed=seed, latency_ms=latency_ms) as sandbox, tempfile.TemporaryDirectory() as tmp:
         control = sandbox.control
         counts = control.counts()
-        store = Store(f"sqlite:///{Path(tmp) / 'bench.sqlite'}")
+        url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
+        store = Store(url)
         store.create_all()
-        settings = AccordSettings(database_url=store.url, sandbox_control=None).with_sandbox(sandbox.info)
-        try:
-            since = control.summary()["last_seq"]
-            full, figures = measured(lambda: _checked(run_sync(settings, mapping, store, full=True)))
-            full_calls = calls_since(control, since)
-            full_phase = phase_figures(
-                figures, full_calls, sync_minimum(full, settings, mapping, counts), _pulled(full), settings, latency_ms
-            )
-            full_phase.update(_split(full))
+        store.dispose()
+        settings = AccordSettings(database_url=url, sandbox_control=None).with_sandbox(sandbox.info)
 
-            count = max(1, round(CHANGED_SHARE * _pulled(full) / len(APIS)))
-            changes = control.mutate(count, seed=seed + 1000, late_share=0.0)
-            since = control.summary()["last_seq"]
-            incremental, figures = measured(lambda: _checked(run_sync(settings, mapping, store, reconcile=False)))
-            incremental_phase = phase_figures(
-                figures,
-                calls_since(control, since),
-                sync_minimum(incremental, settings, mapping, counts),
-                _pulled(incremental),
-                settings,
-                latency_ms,
-            )
-            incremental_phase.update(_split(incremental))
-            incremental_phase["changes"] = len(changes)
-            incremental_phase["changes_per_api"] = count
-            incremental_phase["changed_share"] = round(len(changes) / _pulled(full), 4) if _pulled(full) else None
+        since = control.summary()["last_seq"]
+        full = phase_in_child("full", url, sandbox, mapping_path)
+        pulled = _pulled(full["streams"])
+        full_phase = phase_figures(
+            full["figures"],
+            calls_since(control, since),
+            sync_minimum(full["streams"], True, settings, mapping, counts),
+            pulled,
+            settings,
+            latency_ms,
+        )
+        full_phase.update(full["split"])
 
-            since = control.summary()["last_seq"]
-            pushed, figures = measured(lambda: push(store, settings, mapping, mapping_path))
-            written = sum(t.delivered for t in pushed.targets.values())
-            push_phase = phase_figures(
-                figures, calls_since(control, since), push_minimum(pushed, mapping), written, settings, latency_ms
-            )
-            push_phase["planned"] = pushed.plan.planned
-            push_phase["failed"] = pushed.failed
-            push_phase["calendar_reminders"] = pushed.plan.by_kind().get("calendar_event", 0)
-        finally:
-            store.dispose()
+        count = max(1, round(CHANGED_SHARE * pulled / len(APIS)))
+        changes = control.mutate(count, seed=seed + 1000, late_share=0.0)
+        since = control.summary()["last_seq"]
+        incremental = phase_in_child("incremental", url, sandbox, mapping_path)
+        incremental_phase = phase_figures(
+            incremental["figures"],
+            calls_since(control, since),
+            sync_minimum(incremental["streams"], incremental["full"], settings, mapping, counts),
+            _pulled(incremental["streams"]),
+            settings,
+            latency_ms,
+        )
+        incremental_phase.update(incremental["split"])
+        incremental_phase["changes"] = len(changes)
+        incremental_phase["changes_per_api"] = count
+        incremental_phase["changed_share"] = round(len(changes) / pulled, 4) if pulled else None
+
+        since = control.summary()["last_seq"]
+        pushed = phase_in_child("push", url, sandbox, mapping_path)
+        writes = Counter({(t, k, c): n for t, k, c, n in pushed["writes"]})
+        push_phase = phase_figures(
+            pushed["figures"],
+            calls_since(control, since),
+            push_minimum(writes, mapping),
+            pushed["delivered"],
+            settings,
+            latency_ms,
+        )
+        push_phase["planned"] = pushed["planned"]
+        push_phase["failed"] = pushed["failed"]
+        push_phase["calendar_reminders"] = pushed["calendar_reminders"]
+    phases = {"full_sync": full_phase, "incremental_sync": incremental_phase, "push": push_phase}
     return {
         "size": size,
         "seed": seed,
         "latency_ms": latency_ms,
         "org": counts,
         "concurrency": {api: int(getattr(getattr(settings, api), "concurrency", 1)) for api in APIS},
-        "full_sync": full_phase,
-        "incremental_sync": incremental_phase,
-        "push": push_phase,
-        "process_peak_rss_mb": peak_rss_mb(),
+        **phases,
+        # Each phase is a process: the largest of their peaks.
+        "process_peak_rss_mb": max(p["peak_rss_mb"] for p in phases.values()),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child side of ``phase_in_child``: one phase, its figures as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.measure", description=run_phase.__doc__)
+    parser.add_argument("--phase", choices=PHASES, required=True)
+    parser.add_argument("--store", required=True, help="the store's database URL")
+    parser.add_argument("--mapping", type=Path, default=DEFAULT_MAPPING)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    info = json.loads(sys.stdin.read())  # the sandbox's address and credentials: never printed
+    print(json.dumps(run_phase(args.phase, args.store, info, args.mapping)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

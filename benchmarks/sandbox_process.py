@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from types import TracebackType
@@ -34,6 +35,14 @@ class SandboxProcess:
     @property
     def control(self) -> SandboxControl:
         return SandboxControl(str(self.info["control"]), timeout=300.0)
+
+    def cpu_s(self) -> float:
+        """The sandbox process's CPU time so far (user and system, all its threads)."""
+        if self._process is None:
+            return 0.0
+        with open(f"/proc/{self._process.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def __enter__(self) -> SandboxProcess:
         self._process = subprocess.Popen(  # noqa: S603  # our own interpreter and the accord CLI

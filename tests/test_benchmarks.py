@@ -26,7 +26,13 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
         for key in ("wall_s", "cpu_s", "peak_rss_mb", "records", "calls", "min_calls", "calls_ratio", "bound_s"):
             assert key in figures, (phase, key)
         assert figures["wall_s"] > 0 and figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 0
+        assert figures["sandbox_cpu_s"] >= 0
         assert set(figures["calls"]) == set(APIS)
+    assert small["full_sync"]["sandbox_cpu_s"] > 0  # clock ticks of 10 ms: the full sync's calls take several
+    # Each phase is a process of its own: the size's peak is the largest phase's.
+    assert small["process_peak_rss_mb"] == max(
+        small[p]["peak_rss_mb"] for p in ("full_sync", "incremental_sync", "push")
+    )
 
 
 def test_figures_are_computed_from_the_measurements(small: dict[str, Any]) -> None:
