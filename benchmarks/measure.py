@@ -265,6 +265,32 @@ def phase_in_child(phase: str, store_url: str, sandbox: SandboxProcess, mapping_
     return result
 
 
+def cpu_floor(sandbox: SandboxProcess, path: Path, mapping_path: Path, latency_ms: float) -> dict[str, Any]:
+    """The same full sync with no latency, before the measured one, into a store of its own: what the
+    machine's cores make of the work itself (Accord's CPU and the sandbox's), below which no latency
+    setting takes the wall. The sandbox's latency is restored after it."""
+    url = f"sqlite:///{path}"
+    store = Store(url)
+    store.create_all()
+    store.dispose()
+    for api in APIS:
+        sandbox.control.set_faults(api, latency_ms=0.0)
+    try:
+        result = phase_in_child("full", url, sandbox, mapping_path)
+    finally:
+        for api in APIS:
+            sandbox.control.set_faults(api, latency_ms=latency_ms)
+        path.unlink(missing_ok=True)
+    figures = result["figures"]
+    return {
+        "wall_s": figures["wall_s"],
+        "cpu_s": figures["cpu_s"],
+        "sandbox_cpu_s": figures["sandbox_cpu_s"],
+        "after_pull_s": result["split"]["after_pull_s"],
+        "records": _pulled(result["streams"]),
+    }
+
+
 def run_size(
     size: str, *, latency_ms: float = 50.0, seed: int = 1, mapping_path: Path = DEFAULT_MAPPING
 ) -> dict[str, Any]:
@@ -274,6 +300,7 @@ def run_size(
     with SandboxProcess(size, seed=seed, latency_ms=latency_ms) as sandbox, tempfile.TemporaryDirectory() as tmp:
         control = sandbox.control
         counts = control.counts()
+        floor = cpu_floor(sandbox, Path(tmp) / "floor.sqlite", mapping_path, latency_ms)
         url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
         store = Store(url)
         store.create_all()
@@ -292,6 +319,7 @@ def run_size(
             latency_ms,
         )
         full_phase.update(full["split"])
+        full_phase["floor"] = floor
 
         count = max(1, round(CHANGED_SHARE * pulled / len(APIS)))
         changes = control.mutate(count, seed=seed + 1000, late_share=0.0)

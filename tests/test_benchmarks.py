@@ -28,6 +28,8 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
         assert figures["wall_s"] > 0 and figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 0
         assert figures["sandbox_cpu_s"] >= 0
         assert set(figures["calls"]) == set(APIS)
+    floor = small["full_sync"]["floor"]  # the same full sync at 0 ms, in a store of its own
+    assert floor["records"] == small["full_sync"]["records"] and floor["cpu_s"] > 0
     assert small["full_sync"]["sandbox_cpu_s"] > 0  # clock ticks of 10 ms: the full sync's calls take several
     # Each phase is a process of its own: the size's peak is the largest phase's.
     assert small["process_peak_rss_mb"] == max(
