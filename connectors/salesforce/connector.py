@@ -192,9 +192,15 @@ class SalesforceConnector(SalesforceClient):
         guard = PageGuard(what)
         result = self.call(what, lambda: self.client.query(query, include_deleted=include_deleted, headers=headers))
         while True:
-            yield list(result.get("records") or [])
+            rows = list(result.get("records") or [])
             next_url = result.get("nextRecordsUrl")
-            if result.get("done", True) or not next_url:
+            last = result.get("done", True) or not next_url
+            # Neither the answer nor its rows are held while the next page is fetched and decoded:
+            # one page per thread at a time, not two.
+            del result
+            yield rows
+            del rows
+            if last:
                 break
             guard.check(next_url)
             result = self.call(what, partial(self.client.query_more, next_url, identifier_is_url=True, headers=headers))
@@ -237,6 +243,7 @@ class SalesforceConnector(SalesforceClient):
             cursor_after = progressive_cursor(last, window)
             # A full read sees every live row: its pages are what exists.
             yield Batch(unit.stream, "", records, cursor=cursor_after, records_seen=window.full, meta={"pages": 1})
+            del rows, records  # not held while the next page is fetched
         if not window.full and reconcile:
             # What exists comes from the id listing alone (the changed rows above do not count).
             for ids in self.live_id_pages(stream):
