@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from pydantic import SecretStr
 
 from accord.settings import AccordSettings
@@ -17,6 +20,7 @@ from connectors.base import WorkUnit
 from connectors.errors import AuthError, ConfigError
 from connectors.retry import RetrySettings
 from connectors.salesforce import SalesforceConnector
+from connectors.salesforce.connector import _Salesforce
 from connectors.salesforce.soql import literal
 from connectors.settings import SalesforceSettings
 from engagement.mapping import FieldFilter, Mapping, load_mapping
@@ -273,3 +277,35 @@ def test_a_text_that_only_looks_like_a_datetime_stays_text() -> None:
     assert len(looks_like) == 28 and looks_like[10] == "T" and looks_like[-5] == "-"
     assert _normalize(looks_like) == looks_like
     assert _normalize("2024-04-25T15:50:37.000+0000") == "2024-04-25T15:50:37.000Z"
+
+
+def _answer(body: bytes, content_type: str = "application/json;charset=UTF-8") -> requests.Response:
+    response = requests.Response()
+    response._content = body
+    response.status_code = 200
+    response.headers["Content-Type"] = content_type
+    response.encoding = "UTF-8"
+    return response
+
+
+def test_answers_are_decoded_from_bytes_to_the_values_json_gives() -> None:
+    """Pages decoded by orjson from the body's bytes as plain dicts (no text copy, no ordered dicts);
+    the same values ``json`` gives, and what orjson would read differently goes the library's way."""
+    client = _Salesforce(instance_url="https://example.my.salesforce.com", session_id="x")
+    body = json.dumps(
+        {
+            "totalSize": 2,
+            "done": True,
+            "records": [
+                {"attributes": {"type": "Contact"}, "Id": "003A", "Name": "Zoë 北京", "Score": 1.5e-05},
+                {"Id": "003B", "Account": {"Name": "Acme", "Owner": None}, "Amount": 12345678901234, "On": False},
+            ],
+        }
+    ).encode("utf-8")
+    decoded = client.parse_result_to_json(_answer(body))
+    assert decoded == json.loads(body)
+    assert type(decoded["records"][0]) is dict  # the class itself: not the library's OrderedDict
+    assert type(decoded["records"][1]["Account"]) is dict
+    huge = b'{"records": [{"Id": "003C", "Big": 123456789012345678901234567890}]}'
+    assert client.parse_result_to_json(_answer(huge)) == json.loads(huge)  # beyond 64 bits: json's way
+    assert type(client.parse_result_to_json(_answer(huge))) is OrderedDict
