@@ -372,6 +372,7 @@ class CalendarConnector:
         for page in self.pages(calendar_id, params, f"full sync of calendar {calendar_id}"):
             pages += 1
             records = self._records(calendar_id, page, upper)
+            page.items.clear()  # made records: the decoded events go before the records are stored, not after
             events += sum(1 for r in records if not r.deleted)
             if not page.last:
                 yield Batch(STREAM, calendar_id, records, records_seen=True, meta={"pages": 1})
@@ -398,6 +399,7 @@ class CalendarConnector:
         for page in self.pages(calendar_id, params, f"sync calendar {calendar_id}"):
             pages += 1
             records = self._records(calendar_id, page, upper)
+            page.items.clear()  # made records: the decoded events go before the records are stored, not after
             changed += len(records)
             if not page.last:
                 yield Batch(STREAM, calendar_id, records, meta={"pages": 1})

@@ -256,6 +256,7 @@ class SalesforceConnector(SalesforceClient):
         for rows in self._pages(query, include_deleted=not window.full, what=what):
             pages += 1
             records = [self._row_record(unit.stream, stream, paths, row) for row in rows]
+            rows.clear()  # made records: the page's decoded rows go before the records are stored, not after
             last = records[-1].updated_at if records else None
             cursor_after = progressive_cursor(last, window)
             # A full read sees every live row: its pages are what exists.
