@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -24,6 +26,7 @@ from connectors.salesforce.connector import _Salesforce
 from connectors.salesforce.soql import literal
 from connectors.settings import SalesforceSettings
 from engagement.mapping import FieldFilter, Mapping, load_mapping
+from engagement.records import SourceRecord
 from flows.engine import pull_source
 from sandbox.clock import Clock
 from sandbox.credentials import SalesforceCredentials
@@ -309,3 +312,59 @@ def test_answers_are_decoded_from_bytes_to_the_values_json_gives() -> None:
     huge = b'{"records": [{"Id": "003C", "Big": 123456789012345678901234567890}]}'
     assert client.parse_result_to_json(_answer(huge)) == json.loads(huge)  # beyond 64 bits: json's way
     assert type(client.parse_result_to_json(_answer(huge))) is OrderedDict
+
+
+class _Row(dict[str, Any]):
+    """A decoded row that can be watched (a plain dict cannot have weak references)."""
+
+
+def test_a_page_is_gone_before_the_next_is_fetched(
+    org: Org, mapping: Mapping, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One thread holds one page at a time: when it asks for the next page, neither the rows nor
+    the records of the pages before are alive (the answer, the rows, the batch all dropped)."""
+    watched: list[weakref.ref[Any]] = []
+    alive_at_fetch: list[int] = []
+    parse, query_more, row_record = (
+        _Salesforce.parse_result_to_json,
+        _Salesforce.query_more,
+        SalesforceConnector._row_record,
+    )
+
+    def watched_parse(self: _Salesforce, result: requests.Response) -> Any:
+        decoded = parse(self, result)
+        if isinstance(decoded, dict) and isinstance(decoded.get("records"), list):
+            decoded["records"] = [_Row(row) for row in decoded["records"]]
+            watched.extend(weakref.ref(row) for row in decoded["records"])
+        return decoded
+
+    def watched_query_more(self: _Salesforce, *args: Any, **kwargs: Any) -> Any:
+        alive_at_fetch.append(sum(1 for ref in watched if ref() is not None))
+        return query_more(self, *args, **kwargs)
+
+    def watched_row_record(*args: Any) -> SourceRecord:
+        record = row_record(*args)
+        watched.append(weakref.ref(record))
+        return record
+
+    account = str(next(iter(org.store.run(org.store.compile("SELECT Id FROM Account"), include_deleted=False)))["Id"])
+    for i in range(450):  # contacts in three pages of 200
+        org.store.create(
+            "Contact", {"LastName": f"Paged {i}", "AccountId": account}, user_id=org.store.integration_user_id
+        )
+    monkeypatch.setattr(_Salesforce, "parse_result_to_json", watched_parse)
+    monkeypatch.setattr(_Salesforce, "query_more", watched_query_more)
+    monkeypatch.setattr(SalesforceConnector, "_row_record", staticmethod(watched_row_record))
+    settings = org.settings(concurrency=1)  # one thread: any page alive is this thread's
+    report = pull_source(
+        "salesforce",
+        AccordSettings(salesforce=settings, database_url="sqlite://"),
+        mapping,
+        new_store(tmp_path),
+        upper=datetime.now(UTC),
+        full=True,
+        connector_factory=lambda s, st, m: SalesforceConnector(settings, m),
+    )
+    assert report.error is None
+    assert len(alive_at_fetch) >= 2  # the contacts' second and third pages
+    assert alive_at_fetch == [0] * len(alive_at_fetch)
