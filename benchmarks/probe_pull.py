@@ -16,7 +16,9 @@ and reports:
 One change at a time is compared the same way with ``--variant NAME=VALUE,...`` (repeatable): the
 child processes' environment. The probe reads ``PROBE_PRAGMAS`` (``cache_size=-500;temp_store=FILE``:
 run on every new SQLite connection after the store's own) and ``PROBE_CONCURRENCY`` /
-``PROBE_PAGE_SIZE`` (the source's settings).
+``PROBE_PAGE_SIZE`` (the source's settings); ``TREE=/path/to/checkout`` runs the children from another
+checkout of the project (with this probe file in it), so the code before a change is measured
+against the same sandbox, its runs between the other variant's.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def measure_once(info: dict[str, Any], source: str, traced: bool) -> dict[str, A
         store.dispose()
     if report.failed:
         raise RuntimeError("; ".join(f"{s.source}: {s.error}" for s in report.failed))
+    figures["code"] = str(Path(sys.modules[Store.__module__].__file__ or "").parents[1])  # the checkout measured
     figures["records"] = sum(s.pulled for r in report.sources.values() for s in r.streams.values())
     return figures
 
@@ -140,8 +143,9 @@ def run_child(info: dict[str, Any], source: str, traced: bool, env: dict[str, st
         command = [sys.executable, "-m", "benchmarks.probe_pull", "--child", info_path, "--sources", source]
         if traced:
             command.append("--tracemalloc")
+        tree = env.get("TREE")  # another checkout of the project (the code before a change): its code is measured
         done = subprocess.run(  # noqa: S603  # our own module
-            command, capture_output=True, text=True, check=False, env={**os.environ, **env}
+            command, capture_output=True, text=True, check=False, env={**os.environ, **env}, cwd=tree
         )
     finally:
         Path(info_path).unlink()
@@ -175,16 +179,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for size in [s for s in args.sizes.split(",") if s]:
         with SandboxProcess(size, seed=args.seed, latency_ms=0.0) as sandbox:
             for source in sources:
-                for env in variants:
-                    runs = [run_child(sandbox.info, source, False, env) for _ in range(args.repeat)]
-                    for run in runs:
-                        print(json.dumps({"size": size, "env": env, **run}), flush=True)
+                runs: list[list[dict[str, Any]]] = [[] for _ in variants]
+                for _ in range(args.repeat):  # the variants' runs take turns: a busy spell hits them alike
+                    for env, done in zip(variants, runs, strict=True):
+                        done.append(run_child(sandbox.info, source, False, env))
+                        print(json.dumps({"size": size, "env": env, **done[-1]}), flush=True)
+                for env, done in zip(variants, runs, strict=True):
                     if args.tracemalloc:
                         traced = run_child(sandbox.info, source, True, env)
                         print(json.dumps({"size": size, "env": env, **traced}), flush=True)
-                    peak = statistics.median(r["peak_rss_mb"] for r in runs)
-                    cpu = statistics.median(r["cpu_s"] for r in runs)
-                    print(f"# {size} {source} {env}: peak RSS {peak:.1f} MB, CPU {cpu:.2f} s (medians of {len(runs)})")
+                    peak = statistics.median(r["peak_rss_mb"] for r in done)
+                    cpu = statistics.median(r["cpu_s"] for r in done)
+                    print(f"# {size} {source} {env}: peak RSS {peak:.1f} MB, CPU {cpu:.2f} s (medians of {len(done)})")
     return 0
 
 
