@@ -221,6 +221,9 @@ def pull_unit(
         else:
             result = store.apply_batch(batch.records, update, seen=seen, seen_ids=existing)
         stats.add_batch(batch, result)
+        # Not held while the connector fetches and decodes the next page: at most one page per
+        # thread is alive (``benchmarks/probe_pull.py``).
+        del batch, existing
 
 
 def pull_source(

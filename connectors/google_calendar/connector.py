@@ -330,12 +330,16 @@ class CalendarConnector:
 
             response = self._execute(what, request)
             next_page = response.get("nextPageToken")
-            yield EventsPage(
+            page = EventsPage(
                 list(response.get("items") or ()),
                 response.get("timeZone"),
                 last=not next_page,
                 sync_token=None if next_page else response.get("nextSyncToken"),
             )
+            # Neither the answer nor the page is held while the next one is fetched and decoded.
+            del response
+            yield page
+            del page
             if not next_page:
                 return
             guard.check(next_page)
@@ -368,9 +372,11 @@ class CalendarConnector:
         for page in self.pages(calendar_id, params, f"full sync of calendar {calendar_id}"):
             pages += 1
             records = self._records(calendar_id, page, upper)
+            page.items.clear()  # made records: the decoded events go before the records are stored, not after
             events += sum(1 for r in records if not r.deleted)
             if not page.last:
                 yield Batch(STREAM, calendar_id, records, records_seen=True, meta={"pages": 1})
+                del page, records  # not held while the next page is fetched
                 continue
             if page.sync_token is None:
                 log.warning("calendar %s: full sync ended without a sync token", calendar_id)
@@ -393,9 +399,11 @@ class CalendarConnector:
         for page in self.pages(calendar_id, params, f"sync calendar {calendar_id}"):
             pages += 1
             records = self._records(calendar_id, page, upper)
+            page.items.clear()  # made records: the decoded events go before the records are stored, not after
             changed += len(records)
             if not page.last:
                 yield Batch(STREAM, calendar_id, records, meta={"pages": 1})
+                del page, records  # not held while the next page is fetched
                 continue
             log.info("calendar %s: incremental, %d pages, %d changes", calendar_id, pages, changed)
             yield Batch(STREAM, calendar_id, records, cursor=page.sync_token, final=True, meta={"pages": 1})

@@ -19,12 +19,14 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+import requests
 from pydantic import SecretStr
 from simple_salesforce.api import Salesforce
 
 from connectors.base import WorkUnit
 from connectors.errors import ConfigError
 from connectors.incremental import Batch, PageGuard, Window, progressive_cursor
+from connectors.jsonbody import NOT_DECODED, fast_loads
 from connectors.retry import call_with_retry
 from connectors.salesforce import soql
 from connectors.salesforce.errors import SOURCE, classify
@@ -75,6 +77,21 @@ def _paths(stream: SalesforceStream) -> Paths:
     return tuple((attribute, tuple(path.split("."))) for attribute, path in sorted(stream.fields.items()))
 
 
+class _Salesforce(Salesforce):
+    """simple-salesforce's client with its answers decoded by orjson from the body's bytes where
+    that is exactly what ``json`` makes of them (``connectors.jsonbody``), as plain dicts; anything
+    else the library's own way (``json`` on the decoded text, ``OrderedDict`` objects). A page of
+    2,000 rows no longer passes through a copy as text and ordered dicts: the large org's full
+    pull held 4 such pages at once (``benchmarks/probe_pull.py``)."""
+
+    def parse_result_to_json(self, result: requests.Response) -> Any:
+        if getattr(self, "_parse_float", None) is None:  # floats as json reads them, which orjson matches
+            decoded = fast_loads(result.content)
+            if decoded is not NOT_DECODED:
+                return decoded
+        return super().parse_result_to_json(result)
+
+
 def secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
@@ -104,9 +121,9 @@ class SalesforceClient:
         )
         common: dict[str, Any] = {"session": session, "version": s.api_version}
         if s.auth == "session":
-            return Salesforce(instance_url=s.instance_url, session_id=secret(s.session_id), **common)
+            return _Salesforce(instance_url=s.instance_url, session_id=secret(s.session_id), **common)
         if s.auth == "password":
-            return Salesforce(
+            return _Salesforce(
                 username=s.username,
                 password=secret(s.password),
                 security_token=secret(s.security_token) or "",
@@ -115,7 +132,7 @@ class SalesforceClient:
             )
         if s.auth == "oauth_password":
             password = (secret(s.password) or "") + (secret(s.security_token) or "")
-            return Salesforce(
+            return _Salesforce(
                 username=s.username,
                 password=password,
                 consumer_key=s.consumer_key,
@@ -123,7 +140,7 @@ class SalesforceClient:
                 domain=domain,
                 **common,
             )
-        return Salesforce(
+        return _Salesforce(
             consumer_key=s.consumer_key,
             consumer_secret=secret(s.consumer_secret),
             domain=s.domain if s.domain not in ("login", "test") else "login",
@@ -192,9 +209,15 @@ class SalesforceConnector(SalesforceClient):
         guard = PageGuard(what)
         result = self.call(what, lambda: self.client.query(query, include_deleted=include_deleted, headers=headers))
         while True:
-            yield list(result.get("records") or [])
+            rows = list(result.get("records") or [])
             next_url = result.get("nextRecordsUrl")
-            if result.get("done", True) or not next_url:
+            last = result.get("done", True) or not next_url
+            # Neither the answer nor its rows are held while the next page is fetched and decoded:
+            # one page per thread at a time, not two.
+            del result
+            yield rows
+            del rows
+            if last:
                 break
             guard.check(next_url)
             result = self.call(what, partial(self.client.query_more, next_url, identifier_is_url=True, headers=headers))
@@ -233,10 +256,12 @@ class SalesforceConnector(SalesforceClient):
         for rows in self._pages(query, include_deleted=not window.full, what=what):
             pages += 1
             records = [self._row_record(unit.stream, stream, paths, row) for row in rows]
+            rows.clear()  # made records: the page's decoded rows go before the records are stored, not after
             last = records[-1].updated_at if records else None
             cursor_after = progressive_cursor(last, window)
             # A full read sees every live row: its pages are what exists.
             yield Batch(unit.stream, "", records, cursor=cursor_after, records_seen=window.full, meta={"pages": 1})
+            del rows, records  # not held while the next page is fetched
         if not window.full and reconcile:
             # What exists comes from the id listing alone (the changed rows above do not count).
             for ids in self.live_id_pages(stream):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -41,7 +42,8 @@ from connectors.errors import (
     TransientError,
 )
 from connectors.google_calendar import CalendarConnector
-from connectors.google_calendar.connector import SERVICES_PER_THREAD, ServicePool
+from connectors.google_calendar import connector as calendar_connector
+from connectors.google_calendar.connector import SERVICES_PER_THREAD, ServicePool, _JsonModel
 from connectors.google_calendar.credentials import READONLY_SCOPE, build_credentials
 from connectors.google_calendar.errors import FullSyncRequiredError, classify
 from connectors.incremental import Batch
@@ -290,6 +292,47 @@ def test_pages_are_handed_over_before_the_next_page_is_requested(
     assert all(len(b.records) <= 5 for b in batches)
     final_cursor(batches)
     assert batches[-1].reconcile and seen_in(batches) == {r.id for r in records_of(batches)}
+
+
+class _Item(dict[str, Any]):
+    """A decoded event that can be watched (a plain dict cannot have weak references)."""
+
+
+def test_a_page_is_gone_before_the_next_is_decoded(
+    emulator: Emulator, mapping: Mapping, upper: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read holds one page at a time: when the next answer arrives, neither the events nor the
+    records of the pages before are alive (the answer, the page and its items are all dropped)."""
+    watched: list[weakref.ref[Any]] = []
+    alive_at_answer: list[int] = []
+    deserialize, to_record = _JsonModel.deserialize, calendar_connector.to_record
+
+    def watched_deserialize(self: _JsonModel, content: Any) -> Any:
+        alive_at_answer.append(sum(1 for ref in watched if ref() is not None))
+        decoded = deserialize(self, content)
+        if isinstance(decoded, dict) and isinstance(decoded.get("items"), list):
+            decoded["items"] = [_Item(item) for item in decoded["items"]]
+            watched.extend(weakref.ref(item) for item in decoded["items"])
+        return decoded
+
+    def watched_to_record(*args: Any) -> SourceRecord:
+        record = to_record(*args)
+        watched.append(weakref.ref(record))
+        return record
+
+    monkeypatch.setattr(_JsonModel, "deserialize", watched_deserialize)
+    monkeypatch.setattr(calendar_connector, "to_record", watched_to_record)
+    connector = CalendarConnector(emulator.settings(page_size=5), mapping)
+    unit = WorkUnit("events", emulator.busiest())
+    pages = 0
+    try:
+        for batch in connector.read(unit, None, upper=upper, full=True, reconcile=False):
+            pages += len(batch.records) > 0
+            del batch  # as the engine's pull_unit does once the batch is stored
+    finally:
+        connector.close()
+    assert pages > 2 and len(alive_at_answer) >= pages
+    assert alive_at_answer == [0] * len(alive_at_answer)
 
 
 # -- increments ------------------------------------------------------------------------------------------

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from pydantic import SecretStr
 
 from accord.settings import AccordSettings
@@ -17,9 +22,11 @@ from connectors.base import WorkUnit
 from connectors.errors import AuthError, ConfigError
 from connectors.retry import RetrySettings
 from connectors.salesforce import SalesforceConnector
+from connectors.salesforce.connector import _Salesforce
 from connectors.salesforce.soql import literal
 from connectors.settings import SalesforceSettings
 from engagement.mapping import FieldFilter, Mapping, load_mapping
+from engagement.records import SourceRecord
 from flows.engine import pull_source
 from sandbox.clock import Clock
 from sandbox.credentials import SalesforceCredentials
@@ -273,3 +280,91 @@ def test_a_text_that_only_looks_like_a_datetime_stays_text() -> None:
     assert len(looks_like) == 28 and looks_like[10] == "T" and looks_like[-5] == "-"
     assert _normalize(looks_like) == looks_like
     assert _normalize("2024-04-25T15:50:37.000+0000") == "2024-04-25T15:50:37.000Z"
+
+
+def _answer(body: bytes, content_type: str = "application/json;charset=UTF-8") -> requests.Response:
+    response = requests.Response()
+    response._content = body
+    response.status_code = 200
+    response.headers["Content-Type"] = content_type
+    response.encoding = "UTF-8"
+    return response
+
+
+def test_answers_are_decoded_from_bytes_to_the_values_json_gives() -> None:
+    """Pages decoded by orjson from the body's bytes as plain dicts (no text copy, no ordered dicts);
+    the same values ``json`` gives, and what orjson would read differently goes the library's way."""
+    client = _Salesforce(instance_url="https://example.my.salesforce.com", session_id="x")
+    body = json.dumps(
+        {
+            "totalSize": 2,
+            "done": True,
+            "records": [
+                {"attributes": {"type": "Contact"}, "Id": "003A", "Name": "Zoë 北京", "Score": 1.5e-05},
+                {"Id": "003B", "Account": {"Name": "Acme", "Owner": None}, "Amount": 12345678901234, "On": False},
+            ],
+        }
+    ).encode("utf-8")
+    decoded = client.parse_result_to_json(_answer(body))
+    assert decoded == json.loads(body)
+    assert type(decoded["records"][0]) is dict  # the class itself: not the library's OrderedDict
+    assert type(decoded["records"][1]["Account"]) is dict
+    huge = b'{"records": [{"Id": "003C", "Big": 123456789012345678901234567890}]}'
+    assert client.parse_result_to_json(_answer(huge)) == json.loads(huge)  # beyond 64 bits: json's way
+    assert type(client.parse_result_to_json(_answer(huge))) is OrderedDict
+
+
+class _Row(dict[str, Any]):
+    """A decoded row that can be watched (a plain dict cannot have weak references)."""
+
+
+def test_a_page_is_gone_before_the_next_is_fetched(
+    org: Org, mapping: Mapping, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One thread holds one page at a time: when it asks for the next page, neither the rows nor
+    the records of the pages before are alive (the answer, the rows, the batch all dropped)."""
+    watched: list[weakref.ref[Any]] = []
+    alive_at_fetch: list[int] = []
+    parse, query_more, row_record = (
+        _Salesforce.parse_result_to_json,
+        _Salesforce.query_more,
+        SalesforceConnector._row_record,
+    )
+
+    def watched_parse(self: _Salesforce, result: requests.Response) -> Any:
+        decoded = parse(self, result)
+        if isinstance(decoded, dict) and isinstance(decoded.get("records"), list):
+            decoded["records"] = [_Row(row) for row in decoded["records"]]
+            watched.extend(weakref.ref(row) for row in decoded["records"])
+        return decoded
+
+    def watched_query_more(self: _Salesforce, *args: Any, **kwargs: Any) -> Any:
+        alive_at_fetch.append(sum(1 for ref in watched if ref() is not None))
+        return query_more(self, *args, **kwargs)
+
+    def watched_row_record(*args: Any) -> SourceRecord:
+        record = row_record(*args)
+        watched.append(weakref.ref(record))
+        return record
+
+    account = str(next(iter(org.store.run(org.store.compile("SELECT Id FROM Account"), include_deleted=False)))["Id"])
+    for i in range(450):  # contacts in three pages of 200
+        org.store.create(
+            "Contact", {"LastName": f"Paged {i}", "AccountId": account}, user_id=org.store.integration_user_id
+        )
+    monkeypatch.setattr(_Salesforce, "parse_result_to_json", watched_parse)
+    monkeypatch.setattr(_Salesforce, "query_more", watched_query_more)
+    monkeypatch.setattr(SalesforceConnector, "_row_record", staticmethod(watched_row_record))
+    settings = org.settings(concurrency=1)  # one thread: any page alive is this thread's
+    report = pull_source(
+        "salesforce",
+        AccordSettings(salesforce=settings, database_url="sqlite://"),
+        mapping,
+        new_store(tmp_path),
+        upper=datetime.now(UTC),
+        full=True,
+        connector_factory=lambda s, st, m: SalesforceConnector(settings, m),
+    )
+    assert report.error is None
+    assert len(alive_at_fetch) >= 2  # the contacts' second and third pages
+    assert alive_at_fetch == [0] * len(alive_at_fetch)
