@@ -272,8 +272,11 @@ class CalendarWriter:
         else:
             batch = BatchHttpRequest(callback=answer, batch_uri=self.batch_uri)
         http: Any = None  # the service's AuthorizedHttp, which every request it builds carries
+        # One events resource for the batch: googleapiclient builds a resource's methods (and their
+        # docstrings, from the discovery document) every time ``events()`` is called.
+        events = service.events()
         for request_id, part in by_id.items():
-            insert = service.events().insert(calendarId=calendar_id, body=part.body, sendUpdates="none")
+            insert = events.insert(calendarId=calendar_id, body=part.body, sendUpdates="none")
             http = insert.http
             # Parts without an http carry no Authorization of their own and inherit the outer
             # request's (Google's batch guide: outer headers apply to every part unless a part sets

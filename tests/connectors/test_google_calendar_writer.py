@@ -520,3 +520,42 @@ def _service_account_key(path: Path, token_uri: str) -> Path:
         )
     )
     return path
+
+
+class CountingService:
+    """A Calendar service that counts how often its events resource is built."""
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+        self.events_built = 0
+
+    def events(self) -> Any:
+        self.events_built += 1
+        return self._service.events()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)
+
+
+def test_the_events_resource_is_built_once_per_batch_call(emulator: Emulator, mapping: Mapping) -> None:
+    # googleapiclient builds every method of a resource (docstrings included) each time it is asked
+    # for one: once per reminder made the writer's CPU grow with the reminders, not the batches.
+    [calendar_id] = emulator.calendars(1)
+    requests = [reminder(calendar_id, n) for n in range(45)]
+    writer = CalendarWriter(emulator.settings(), with_batch_size(mapping, 20))
+    services: list[CountingService] = []
+    built = writer.service
+
+    def counting(subject: str | None = None) -> Any:
+        services.append(CountingService(built(subject)))
+        return services[-1]
+
+    writer.service = counting  # type: ignore[method-assign]
+    try:
+        results = writer.write(requests)
+    finally:
+        writer.close()
+    assert [r.outcome for r in results] == ["created"] * 45
+    assert emulator.batch_calls() == [200, 200, 200]
+    assert sum(s.events_built for s in services) == 3
+    assert_written_once(emulator, requests)
