@@ -7,6 +7,7 @@ pending, the re-run repeats the write, and the target recognises the key ("exist
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, tuple_, update
+from sqlalchemy import Engine, bindparam, func, select, tuple_, update
 
 from engagement.records import iso
 from store.schema import outbox, pushed_status
@@ -130,6 +131,34 @@ def _item(row: Any) -> OutboxItem:
         planned_at=row.planned_at,
         delivered_at=row.delivered_at,
     )
+
+
+_MARK_DELIVERED = (
+    update(outbox)
+    .where(outbox.c.key == bindparam("b_key"))
+    .values(
+        state="delivered",
+        outcome=bindparam("b_outcome"),
+        target_id=bindparam("b_target_id"),
+        delivered_at=bindparam("b_now"),
+        last_error=None,
+        updated_at=bindparam("b_now"),
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
+_MARK_FAILED = (
+    update(outbox)
+    .where(outbox.c.key == bindparam("b_key"))
+    .values(
+        state="failed",
+        last_error=bindparam("b_error"),
+        retriable=bindparam("b_retriable"),
+        updated_at=bindparam("b_now"),
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
 
 
 def _held(name: str | None) -> bool:
@@ -284,21 +313,20 @@ class Outbox:
         return [i for i in items if i.key in won]
 
     def mark(self, deliveries: Sequence[Delivery]) -> None:
+        """Record what became of each delivery, in one transaction: delivered, or failed (with the
+        error and whether it is worth another attempt); the lease ends either way. One statement
+        executed for many rows per run of deliveries with the same outcome (in the order given)."""
         now = _now()
         with self.engine.begin() as conn:
-            for d in deliveries:
-                values: dict[str, Any] = {"updated_at": now, "claimed_by": None, "claimed_until": None}
-                if d.ok:
-                    values |= {
-                        "state": "delivered",
-                        "outcome": d.outcome,
-                        "target_id": d.target_id,
-                        "delivered_at": now,
-                        "last_error": None,
-                    }
+            for ok, run in itertools.groupby(deliveries, key=lambda d: d.ok):
+                if ok:
+                    rows = [
+                        {"b_key": d.key, "b_outcome": d.outcome, "b_target_id": d.target_id, "b_now": now} for d in run
+                    ]
+                    conn.execute(_MARK_DELIVERED, rows)
                 else:
-                    values |= {"state": "failed", "last_error": d.error, "retriable": d.retriable}
-                conn.execute(update(outbox).where(outbox.c.key == d.key).values(**values))
+                    rows = [{"b_key": d.key, "b_error": d.error, "b_retriable": d.retriable, "b_now": now} for d in run]
+                    conn.execute(_MARK_FAILED, rows)
 
     def items(self, state: str | None = None, engagement_id: str | None = None) -> list[OutboxItem]:
         query = select(outbox)
