@@ -89,7 +89,7 @@ def measure_once(path: Path, kind: str, sandbox: dict[str, Any]) -> dict[str, An
         figures["apply_cpu_s"] = applied
         figures["peak_rss_mb"] = peak_rss_mb()
         if profiler:
-            figures["profile"] = _top(profiler, 30)
+            figures["profile"] = _top(profiler, 45)
         figures["planned"] = report.plan.planned
         figures["queued"] = report.queued
         figures["by_target"] = report.plan.by_target()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, tuple_, update
+from sqlalchemy import Engine, bindparam, func, or_, select, tuple_, update
 
 from engagement.records import iso
 from store.schema import outbox, pushed_status
@@ -133,6 +133,16 @@ def _item(row: Any) -> OutboxItem:
     )
 
 
+_SUPERSEDE = (
+    update(outbox)
+    .where(
+        outbox.c.engagement_id == bindparam("b_engagement"),
+        outbox.c.kind == bindparam("b_kind"),
+        outbox.c.target == bindparam("b_target"),
+        or_(outbox.c.state == "pending", outbox.c.state == "failed"),  # no IN: it cannot go in an executemany
+    )
+    .values(state="superseded", updated_at=bindparam("b_now"))
+)
 _MARK_DELIVERED = (
     update(outbox)
     .where(outbox.c.key == bindparam("b_key"))
@@ -191,18 +201,17 @@ class Outbox:
                 batch = keys[start : start + LOOKUP_BATCH]
                 existing.update(row.key for row in conn.execute(select(outbox.c.key).where(outbox.c.key.in_(batch))))
             fresh = [i for i in items if i.key not in existing]
-            for item in fresh:
-                if item.kind in ("opportunity_status", "jira_status_comment"):
-                    conn.execute(
-                        update(outbox)
-                        .where(
-                            outbox.c.engagement_id == item.engagement_id,
-                            outbox.c.kind == item.kind,
-                            outbox.c.target == item.target,
-                            outbox.c.state.in_(("pending", "failed")),
-                        )
-                        .values(state="superseded", updated_at=now)
-                    )
+            # Each (engagement, kind, target) once: superseding is the same however often it is asked.
+            superseding = {
+                (i.engagement_id, i.kind, i.target): None
+                for i in fresh
+                if i.kind in ("opportunity_status", "jira_status_comment")
+            }
+            if superseding:
+                conn.execute(
+                    _SUPERSEDE,
+                    [{"b_engagement": e, "b_kind": k, "b_target": t, "b_now": now} for e, k, t in superseding],
+                )
             if fresh:
                 conn.execute(
                     outbox.insert(),
@@ -225,15 +234,24 @@ class Outbox:
                     ],
                 )
                 added = len(fresh)
-            for engagement_id, fingerprint, key in statuses:
-                statement = self._insert(pushed_status).values(
-                    engagement_id=engagement_id, fingerprint=fingerprint, key=key, planned_at=now
-                )
+            # The last status of each engagement is the one kept (as when they were upserted in turn);
+            # one statement with a row per engagement (PostgreSQL refuses a row twice in one).
+            latest = {engagement_id: (fingerprint, key) for engagement_id, fingerprint, key in statuses}
+            if latest:
+                statement = self._insert(pushed_status)
                 conn.execute(
                     statement.on_conflict_do_update(
                         index_elements=[pushed_status.c.engagement_id],
-                        set_={"fingerprint": fingerprint, "key": key, "planned_at": now},
-                    )
+                        set_={
+                            "fingerprint": statement.excluded.fingerprint,
+                            "key": statement.excluded.key,
+                            "planned_at": statement.excluded.planned_at,
+                        },
+                    ),
+                    [
+                        {"engagement_id": e, "fingerprint": fingerprint, "key": key, "planned_at": now}
+                        for e, (fingerprint, key) in latest.items()
+                    ],
                 )
         return added, existing
 
