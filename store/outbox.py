@@ -337,6 +337,7 @@ class Outbox:
         now = _now()
         with self.engine.begin() as conn:
             for ok, run in itertools.groupby(deliveries, key=lambda d: d.ok):
+                rows: list[dict[str, Any]]
                 if ok:
                     rows = [
                         {"b_key": d.key, "b_outcome": d.outcome, "b_target_id": d.target_id, "b_now": now} for d in run

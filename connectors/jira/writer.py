@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jira import JIRA
+from jira.utils import json_loads
 
 from connectors.base import WriteRequest, WriteResult
 from connectors.errors import AuthError, ConfigError, ConnectorError, PermanentError, TransientError
@@ -312,9 +313,11 @@ class JiraWriter:
 
     def _post_comment(self, issue: str, body: str | dict[str, Any]) -> str:
         def post(client: JIRA) -> str:
-            # The library sends the body as given (json.dumps): a string for v2, a document for v3.
-            comment = client.add_comment(issue, body)
-            return str(comment.id)
+            # The request ``client.add_comment`` sends (the body as given, by json.dumps: a string for
+            # v2, a document for v3), without building the library's Comment resource from the answer
+            # (a tree of objects per comment, of which only the id is read).
+            response = client._session.post(client._get_url(f"issue/{issue}/comment"), data=json.dumps({"body": body}))
+            return str(json_loads(response)["id"])
 
         return self._jira.call_once("post a status comment", post)
 
