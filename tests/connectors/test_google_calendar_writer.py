@@ -537,18 +537,18 @@ class CountingService:
         return getattr(self._service, name)
 
 
-def test_the_events_resource_is_built_once_per_batch_call(emulator: Emulator, mapping: Mapping) -> None:
+def test_the_events_resource_is_built_once_per_service(emulator: Emulator, mapping: Mapping) -> None:
     # googleapiclient builds every method of a resource (docstrings included) each time it is asked
     # for one: once per reminder made the writer's CPU grow with the reminders, not the batches.
     [calendar_id] = emulator.calendars(1)
     requests = [reminder(calendar_id, n) for n in range(45)]
     writer = CalendarWriter(emulator.settings(), with_batch_size(mapping, 20))
-    services: list[CountingService] = []
+    services: dict[int, CountingService] = {}
     built = writer.service
 
     def counting(subject: str | None = None) -> Any:
-        services.append(CountingService(built(subject)))
-        return services[-1]
+        service = built(subject)
+        return services.setdefault(id(service), CountingService(service))
 
     writer.service = counting  # type: ignore[method-assign]
     try:
@@ -557,5 +557,26 @@ def test_the_events_resource_is_built_once_per_batch_call(emulator: Emulator, ma
         writer.close()
     assert [r.outcome for r in results] == ["created"] * 45
     assert emulator.batch_calls() == [200, 200, 200]
-    assert sum(s.events_built for s in services) == 3
+    assert [s.events_built for s in services.values()] == [1]  # one service, three batches
     assert_written_once(emulator, requests)
+
+
+def test_each_service_gets_its_own_events_resource(emulator: Emulator, mapping: Mapping) -> None:
+    made: list[tuple[str, int]] = []
+
+    class Service:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def events(self) -> tuple[str, int]:
+            made.append((self.name, len(made)))
+            return made[-1]
+
+    first, second = Service("first"), Service("second")
+    writer = CalendarWriter(emulator.settings(), mapping)
+    try:
+        assert writer._events(first) is writer._events(first) == ("first", 0)
+        assert writer._events(second) == ("second", 1)
+        assert writer._events(first) == ("first", 2)  # only the last service's is kept
+    finally:
+        writer.close()
