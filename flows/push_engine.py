@@ -24,7 +24,14 @@ from connectors.errors import ConnectorError
 from engagement.mapping import Mapping
 from engagement.model import Engagement
 from engagement.partition import GROUP_SIZE, partition_of, unify_groups
-from engagement.records import iso, opportunity_key, parse_date, parse_datetime, reminder_engagement
+from engagement.records import (
+    SourceRecord,
+    iso,
+    opportunity_key,
+    parse_date,
+    parse_datetime,
+    reminder_engagement,
+)
 from engagement.rules import KnownReminder, People, Reminder, StatusFingerprint, StatusUpdate, plan_rules
 from engagement.wording import Wording, templates_dir
 from flows.memory import limit_malloc_arenas
@@ -224,10 +231,28 @@ def _people(store: Store) -> People:
 
 
 def _status_issues(store: Store, mapping: Mapping) -> dict[str, str]:
-    """Project key -> the issue that carries status comments (from the stored Jira issues)."""
+    """Project key -> the issue that carries status comments (from the stored Jira issues): per
+    project (the key's prefix), the lowest-numbered epic (``first_epic``: issue type "epic" in any
+    case) or issue labelled ``status_label`` (``labelled``).
+
+    Only the issues that may qualify are read (``Store.records_mentioning``: the database skips every
+    issue whose stored JSON does not mention "epic", or the label); each is then checked as before."""
+    how = mapping.push.jira
+    # A type that casefolds to "epic" is those four ASCII letters (no other character folds to any of
+    # them), so its issue's JSON mentions "epic" up to ASCII case. A label in the labels is in it as is.
+    needle = "epic" if how.status_issue == "first_epic" else how.status_label
+    try:
+        issues = store.records_mentioning("jira", "issues", needle)
+    except ValueError:  # a label the database cannot look for in JSON text: every issue is read
+        issues = store.iter_records("jira", "issues")
+    return _lowest_status_issues(issues, mapping)
+
+
+def _lowest_status_issues(issues: Iterable[SourceRecord], mapping: Mapping) -> dict[str, str]:
+    """``_status_issues`` of the given issues (each checked: a superset of the candidates is fine)."""
     how = mapping.push.jira
     best: dict[str, tuple[int, str]] = {}
-    for record in store.iter_records("jira", "issues"):
+    for record in issues:
         data = record.data
         if how.status_issue == "first_epic":
             if str(data.get("issue_type", "")).casefold() != "epic":

@@ -7,6 +7,7 @@ pending, the re-run repeats the write, and the target recognises the key ("exist
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, tuple_, update
+from sqlalchemy import Engine, bindparam, func, or_, select, tuple_, update
 
 from engagement.records import iso
 from store.schema import outbox, pushed_status
@@ -132,6 +133,44 @@ def _item(row: Any) -> OutboxItem:
     )
 
 
+_SUPERSEDE = (
+    update(outbox)
+    .where(
+        outbox.c.engagement_id == bindparam("b_engagement"),
+        outbox.c.kind == bindparam("b_kind"),
+        outbox.c.target == bindparam("b_target"),
+        or_(outbox.c.state == "pending", outbox.c.state == "failed"),  # no IN: it cannot go in an executemany
+    )
+    .values(state="superseded", updated_at=bindparam("b_now"))
+)
+_MARK_DELIVERED = (
+    update(outbox)
+    .where(outbox.c.key == bindparam("b_key"))
+    .values(
+        state="delivered",
+        outcome=bindparam("b_outcome"),
+        target_id=bindparam("b_target_id"),
+        delivered_at=bindparam("b_now"),
+        last_error=None,
+        updated_at=bindparam("b_now"),
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
+_MARK_FAILED = (
+    update(outbox)
+    .where(outbox.c.key == bindparam("b_key"))
+    .values(
+        state="failed",
+        last_error=bindparam("b_error"),
+        retriable=bindparam("b_retriable"),
+        updated_at=bindparam("b_now"),
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
+
+
 def _held(name: str | None) -> bool:
     """Whether a lease's holder may still be writing: alive, or on another host (its lease runs)."""
     return name is not None and holder_alive(name) is not False
@@ -162,18 +201,17 @@ class Outbox:
                 batch = keys[start : start + LOOKUP_BATCH]
                 existing.update(row.key for row in conn.execute(select(outbox.c.key).where(outbox.c.key.in_(batch))))
             fresh = [i for i in items if i.key not in existing]
-            for item in fresh:
-                if item.kind in ("opportunity_status", "jira_status_comment"):
-                    conn.execute(
-                        update(outbox)
-                        .where(
-                            outbox.c.engagement_id == item.engagement_id,
-                            outbox.c.kind == item.kind,
-                            outbox.c.target == item.target,
-                            outbox.c.state.in_(("pending", "failed")),
-                        )
-                        .values(state="superseded", updated_at=now)
-                    )
+            # Each (engagement, kind, target) once: superseding is the same however often it is asked.
+            superseding = {
+                (i.engagement_id, i.kind, i.target): None
+                for i in fresh
+                if i.kind in ("opportunity_status", "jira_status_comment")
+            }
+            if superseding:
+                conn.execute(
+                    _SUPERSEDE,
+                    [{"b_engagement": e, "b_kind": k, "b_target": t, "b_now": now} for e, k, t in superseding],
+                )
             if fresh:
                 conn.execute(
                     outbox.insert(),
@@ -196,15 +234,24 @@ class Outbox:
                     ],
                 )
                 added = len(fresh)
-            for engagement_id, fingerprint, key in statuses:
-                statement = self._insert(pushed_status).values(
-                    engagement_id=engagement_id, fingerprint=fingerprint, key=key, planned_at=now
-                )
+            # The last status of each engagement is the one kept (as when they were upserted in turn);
+            # one statement with a row per engagement (PostgreSQL refuses a row twice in one).
+            latest = {engagement_id: (fingerprint, key) for engagement_id, fingerprint, key in statuses}
+            if latest:
+                statement = self._insert(pushed_status)
                 conn.execute(
                     statement.on_conflict_do_update(
                         index_elements=[pushed_status.c.engagement_id],
-                        set_={"fingerprint": fingerprint, "key": key, "planned_at": now},
-                    )
+                        set_={
+                            "fingerprint": statement.excluded.fingerprint,
+                            "key": statement.excluded.key,
+                            "planned_at": statement.excluded.planned_at,
+                        },
+                    ),
+                    [
+                        {"engagement_id": e, "fingerprint": fingerprint, "key": key, "planned_at": now}
+                        for e, (fingerprint, key) in latest.items()
+                    ],
                 )
         return added, existing
 
@@ -284,21 +331,21 @@ class Outbox:
         return [i for i in items if i.key in won]
 
     def mark(self, deliveries: Sequence[Delivery]) -> None:
+        """Record what became of each delivery, in one transaction: delivered, or failed (with the
+        error and whether it is worth another attempt); the lease ends either way. One statement
+        executed for many rows per run of deliveries with the same outcome (in the order given)."""
         now = _now()
         with self.engine.begin() as conn:
-            for d in deliveries:
-                values: dict[str, Any] = {"updated_at": now, "claimed_by": None, "claimed_until": None}
-                if d.ok:
-                    values |= {
-                        "state": "delivered",
-                        "outcome": d.outcome,
-                        "target_id": d.target_id,
-                        "delivered_at": now,
-                        "last_error": None,
-                    }
+            for ok, run in itertools.groupby(deliveries, key=lambda d: d.ok):
+                rows: list[dict[str, Any]]
+                if ok:
+                    rows = [
+                        {"b_key": d.key, "b_outcome": d.outcome, "b_target_id": d.target_id, "b_now": now} for d in run
+                    ]
+                    conn.execute(_MARK_DELIVERED, rows)
                 else:
-                    values |= {"state": "failed", "last_error": d.error, "retriable": d.retriable}
-                conn.execute(update(outbox).where(outbox.c.key == d.key).values(**values))
+                    rows = [{"b_key": d.key, "b_error": d.error, "b_retriable": d.retriable, "b_now": now} for d in run]
+                    conn.execute(_MARK_FAILED, rows)
 
     def items(self, state: str | None = None, engagement_id: str | None = None) -> list[OutboxItem]:
         query = select(outbox)

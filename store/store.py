@@ -677,6 +677,40 @@ class Store:
         with self.engine.connect() as conn:
             return {row.id for row in conn.execute(query)}
 
+    def records_mentioning(self, source: str, stream: str, needle: str) -> Iterator[SourceRecord]:
+        """Live records of one stream, in key order (as ``iter_records``), that may mention ``needle``:
+        every record whose data holds a string (a key or a value) containing ``needle``, with ASCII
+        letters compared without regard to case, is among them. A superset: the caller checks each
+        record it gets. The filter runs in the database, on the stored JSON text, so records that
+        cannot match are never read into Python.
+
+        ``needle``: printable, without ``"`` or ``\\`` (those are escaped in JSON text): ValueError
+        otherwise, raised by the call (not when the records are first read).
+        On SQLite the text is as written, where any character may have been escaped (``\\u0041``, or
+        ``\\/``): records with escapes are kept too. PostgreSQL prints its jsonb with only quotes,
+        backslashes and control characters escaped.
+        """
+        if not needle or not needle.isprintable() or '"' in needle or "\\" in needle:
+            raise ValueError("the needle must be printable text without quotes or backslashes")
+        query = select(*self._record_columns).where(
+            records.c.source == source, records.c.stream == stream, records.c.deleted.is_(False)
+        )
+        if self.dialect == "postgresql":
+            query = query.where(cast(records.c.data, Text).icontains(needle, autoescape=True))
+        else:
+            data_text = type_coerce(records.c.data, Text)
+            # A letter or digit can only be escaped as \uXXXX; a slash also as \/ (so: any backslash).
+            escape = "\\" if "/" in needle else "\\u"
+            # SQLite's LIKE ignores the case of ASCII letters (``case_sensitive_like`` is never set).
+            query = query.where(data_text.contains(needle, autoescape=True) | (func.instr(data_text, escape) > 0))
+        return self._stream_records(query.order_by(records.c.source, records.c.stream, records.c.id))
+
+    def _stream_records(self, query: Any) -> Iterator[SourceRecord]:
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=2000).execute(query)
+            for rows in result.partitions():
+                yield from _rows_to_records(rows)
+
     def record_counts(self) -> dict[str, int]:
         """Live records per "source.stream"."""
         query = (

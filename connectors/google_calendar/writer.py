@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -176,11 +177,21 @@ class CalendarWriter:
         self.mapping = mapping
         self.batch_uri = batch_uri(settings.api_endpoint)
         self._services = ServicePool(settings, scopes=SCOPES)
+        self._local = threading.local()  # this thread's last service and its events resource
 
     # -- client ----------------------------------------------------------------------------------------
     def service(self, subject: str | None = None) -> Any:
         """This thread's Calendar service, per delegated user."""
         return self._services.get(subject)
+
+    def _events(self, service: Any) -> Any:
+        """``service.events()``, built once for the service this thread used last: googleapiclient
+        builds all of a resource's methods (and their docstrings, from the discovery document) each
+        time it is asked for one. Only the last service's is kept, so a closed one is not."""
+        last = getattr(self._local, "events", None)
+        if last is None or last[0] is not service:
+            last = self._local.events = (service, service.events())
+        return last[1]
 
     def _subject(self, calendar_id: str) -> str | None:
         return calendar_id if self.settings.delegate_per_calendar else None
@@ -272,8 +283,9 @@ class CalendarWriter:
         else:
             batch = BatchHttpRequest(callback=answer, batch_uri=self.batch_uri)
         http: Any = None  # the service's AuthorizedHttp, which every request it builds carries
+        events = self._events(service)
         for request_id, part in by_id.items():
-            insert = service.events().insert(calendarId=calendar_id, body=part.body, sendUpdates="none")
+            insert = events.insert(calendarId=calendar_id, body=part.body, sendUpdates="none")
             http = insert.http
             # Parts without an http carry no Authorization of their own and inherit the outer
             # request's (Google's batch guide: outer headers apply to every part unless a part sets

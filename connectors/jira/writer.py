@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jira import JIRA
+from jira.utils import json_loads
 
 from connectors.base import WriteRequest, WriteResult
 from connectors.errors import AuthError, ConfigError, ConnectorError, PermanentError, TransientError
@@ -210,9 +211,24 @@ class JiraWriter:
         self.push = mapping.push.jira
         # The read connector's pooled clients, error classification and retry policy.
         self._jira = JiraConnector(settings, mapping)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self._jira.close()
+
+    def _writers(self) -> ThreadPoolExecutor:
+        """The writer's ``settings.concurrency`` threads, kept from one ``write`` to the next (a push
+        calls it once per chunk of ten: starting threads for each cost more CPU than the writes'
+        own bookkeeping). A call's groups run on as many of them as there are groups."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="jira-write")
+            return self._pool
 
     # -- writing ------------------------------------------------------------------------------------
     def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
@@ -242,9 +258,9 @@ class JiraWriter:
             for group in groups:
                 apply(group)
         else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jira-write") as pool:
-                futures = [pool.submit(apply, group) for group in groups]
-                errors = [f.exception() for f in futures]
+            pool = self._writers()
+            futures = [pool.submit(apply, group) for group in groups]
+            errors = [f.exception() for f in futures]  # waits for every group, as leaving a pool did
             first = next((e for e in errors if e is not None), None)
             if first is not None:
                 raise first
@@ -312,9 +328,11 @@ class JiraWriter:
 
     def _post_comment(self, issue: str, body: str | dict[str, Any]) -> str:
         def post(client: JIRA) -> str:
-            # The library sends the body as given (json.dumps): a string for v2, a document for v3.
-            comment = client.add_comment(issue, body)
-            return str(comment.id)
+            # The request ``client.add_comment`` sends (the body as given, by json.dumps: a string for
+            # v2, a document for v3), without building the library's Comment resource from the answer
+            # (a tree of objects per comment, of which only the id is read).
+            response = client._session.post(client._get_url(f"issue/{issue}/comment"), data=json.dumps({"body": body}))
+            return str(json_loads(response)["id"])
 
         return self._jira.call_once("post a status comment", post)
 

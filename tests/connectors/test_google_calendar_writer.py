@@ -520,3 +520,63 @@ def _service_account_key(path: Path, token_uri: str) -> Path:
         )
     )
     return path
+
+
+class CountingService:
+    """A Calendar service that counts how often its events resource is built."""
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+        self.events_built = 0
+
+    def events(self) -> Any:
+        self.events_built += 1
+        return self._service.events()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)
+
+
+def test_the_events_resource_is_built_once_per_service(emulator: Emulator, mapping: Mapping) -> None:
+    # googleapiclient builds every method of a resource (docstrings included) each time it is asked
+    # for one: once per reminder made the writer's CPU grow with the reminders, not the batches.
+    [calendar_id] = emulator.calendars(1)
+    requests = [reminder(calendar_id, n) for n in range(45)]
+    writer = CalendarWriter(emulator.settings(), with_batch_size(mapping, 20))
+    services: dict[int, CountingService] = {}
+    built = writer.service
+
+    def counting(subject: str | None = None) -> Any:
+        service = built(subject)
+        return services.setdefault(id(service), CountingService(service))
+
+    writer.service = counting  # type: ignore[method-assign]
+    try:
+        results = writer.write(requests)
+    finally:
+        writer.close()
+    assert [r.outcome for r in results] == ["created"] * 45
+    assert emulator.batch_calls() == [200, 200, 200]
+    assert [s.events_built for s in services.values()] == [1]  # one service, three batches
+    assert_written_once(emulator, requests)
+
+
+def test_each_service_gets_its_own_events_resource(emulator: Emulator, mapping: Mapping) -> None:
+    made: list[tuple[str, int]] = []
+
+    class Service:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def events(self) -> tuple[str, int]:
+            made.append((self.name, len(made)))
+            return made[-1]
+
+    first, second = Service("first"), Service("second")
+    writer = CalendarWriter(emulator.settings(), mapping)
+    try:
+        assert writer._events(first) is writer._events(first) == ("first", 0)
+        assert writer._events(second) == ("second", 1)
+        assert writer._events(first) == ("first", 2)  # only the last service's is kept
+    finally:
+        writer.close()

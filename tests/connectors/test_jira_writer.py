@@ -642,3 +642,52 @@ def test_results_keep_request_order_under_concurrency(site: Site, mapping: Mappi
     for request, result in zip(batch, results, strict=True):
         [comment] = site.comments(request.payload["issue_key"])
         assert result.target_id == str(comment.id)
+
+
+def test_the_environment_is_read_once_per_client_not_per_request(
+    site: Site, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests walks os.environ for proxies on every request: a fifth of a write's CPU.
+    reads = 0
+    environ_proxies = requests.sessions.get_environ_proxies
+
+    def counted(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        nonlocal reads
+        reads += 1
+        return environ_proxies(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counted)
+    issues = sorted(site.store.issue_ids_by_key, key=site.issue_id)[:6]
+    writer = site.writer(mapping, concurrency=1)
+    results = writer.write([status(i) for i in issues])
+    writer.close()
+    assert all(r.ok and r.outcome == "created" for r in results)
+    requests_made = sum(site.calls().values()) + site.log.count(endpoint="serverInfo")
+    assert requests_made >= 18
+    assert reads <= 2  # the client's server check, made before it is ours, and its first request
+
+
+def test_the_writer_keeps_its_threads_from_one_call_to_the_next(
+    site: Site, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A push calls write once per chunk of ten: starting threads for each cost more than the writes.
+    pools: list[Any] = []
+    executor = writer_module.ThreadPoolExecutor
+
+    class Counted(executor):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(writer_module, "ThreadPoolExecutor", Counted)
+    issues = sorted(site.store.issue_ids_by_key, key=site.issue_id)[:9]
+    writer = site.writer(mapping, concurrency=3)
+    try:
+        for start in range(0, 9, 3):  # three calls, three issues each: written concurrently
+            results = writer.write([status(i) for i in issues[start : start + 3]])
+            assert all(r.ok and r.outcome == "created" for r in results)
+        assert len(pools) == 1 and pools[0]._max_workers == 3
+    finally:
+        writer.close()
+    assert pools[0]._shutdown  # closing the writer ends its threads
+    assert site.store.counts()["comments"] == 9
