@@ -707,7 +707,7 @@ class Store:
 
     def _stream_records(self, query: Any) -> Iterator[SourceRecord]:
         with self.engine.connect() as conn:
-            result = conn.execution_options(yield_per=2000).execute(query)
+            result = conn.execution_options(yield_per=2000).execute(query).tuples()
             for rows in result.partitions():
                 yield from _rows_to_records(rows)
 
@@ -737,7 +737,7 @@ class Store:
             before: dict[str, tuple[str, str]] = {}
             for start in range(0, len(ids), BATCH_LOOKUP):
                 query = select(engagements.c.id, engagements.c.digest, engagements.c.health).where(
-                    engagements.c.id.in_(ids[start : start + BATCH_LOOKUP])
+                    engagements.c.id.in_(padded(ids[start : start + BATCH_LOOKUP]))
                 )
                 before.update((row.id, (row.digest, row.health)) for row in conn.execute(query))
             rows = []
