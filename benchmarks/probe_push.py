@@ -100,9 +100,9 @@ def measure_once(path: Path, kind: str, sandbox: dict[str, Any]) -> dict[str, An
     return figures
 
 
-def run_child(path: Path, kind: str, size: str, seed: int) -> dict[str, Any]:
+def run_child(path: Path, kind: str, size: str, seed: int, latency_ms: float = 0.0) -> dict[str, Any]:
     """A fresh sandbox of ``size`` (the org the store was synced from) and one push in a child."""
-    with SandboxProcess(size, seed=seed, latency_ms=0.0) as sandbox:
+    with SandboxProcess(size, seed=seed, latency_ms=latency_ms) as sandbox:
         control = sandbox.control
         since = control.summary()["last_seq"]
         command = [sys.executable, "-m", "benchmarks.probe_push", "--child", str(path), "--kind", kind]
@@ -125,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each plain measurement")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="latency the sandbox adds to every request")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=KINDS, default="plain", help=argparse.SUPPRESS)
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {}
         for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
             repeat = 1 if kind == "profile" else args.repeat
-            runs[kind] = [run_child(path, kind, size, args.seed) for _ in range(repeat)]
+            runs[kind] = [run_child(path, kind, size, args.seed, args.latency_ms) for _ in range(repeat)]
         for profiled in runs.get("profile", []):
             print(f"== {size} profile ==\n{profiled.pop('profile')}", file=sys.stderr)
         best: dict[str, Any] = {}
