@@ -3,6 +3,8 @@ a few statements per group, not one per item."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from store import Delivery, OutboxItem, Store
 from tests.store.test_outbox_marks import statements
 
@@ -80,3 +82,20 @@ def test_a_group_is_queued_in_a_few_statements(store: Store) -> None:
     assert len(writes) <= 3  # supersede, insert, fingerprints: each one statement for many rows
     assert sum(1 for state in states(store).values() if state == "superseded") == 10
     assert len(store.outbox.last_status()) == 100
+
+
+def test_superseding_seeks_the_engagement_not_every_pending_write(tmp_path: Path) -> None:
+    """On SQLite (PostgreSQL plans with statistics): without them SQLite preferred the (target,
+    state) index, one walk over every pending write of the target per engagement, quadratic in a
+    large org's push. The statement names the engagement index, so each engagement is one seek."""
+    store = Store(f"sqlite:///{tmp_path / 'outbox.sqlite'}")
+    store.create_all()
+    store.outbox.add([status(f"s{i}-jira", f"e{i}") for i in range(50)])
+    params = {"b_now": "n", "b_engagement": "e1", "b_kind": "jira_status_comment", "b_target": "jira"}
+    with store.engine.connect() as conn:
+        compiled = store.outbox._supersede.compile(dialect=store.engine.dialect)
+        values = tuple(params[name] for name in compiled.positiontup or ())
+        plan = " ".join(str(row[3]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), values))
+    assert "ix_outbox_engagement" in plan and "ix_outbox_state" not in plan, plan
+    store.outbox.add([status("s1b-jira", "e1")])
+    assert states(store)["s1-jira"] == "superseded" and states(store)["s2-jira"] == "pending"
