@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.settings import DEFAULT_MAPPING, AccordSettings
+from benchmarks.child import run_json
 from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import SyncReport, run_sync
@@ -251,16 +251,9 @@ def phase_in_child(phase: str, store_url: str, sandbox: SandboxProcess, mapping_
     input, never on a command line. Adds the sandbox process's CPU over the phase."""
     command = [sys.executable, "-m", "benchmarks.measure", "--phase", phase, "--store", store_url]
     before = sandbox.cpu_s()
-    done = subprocess.run(  # noqa: S603  # our own interpreter and module
-        [*command, "--mapping", str(mapping_path)],
-        input=json.dumps(sandbox.info),
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_json(
+        [*command, "--mapping", str(mapping_path)], f"benchmark phase {phase}", input=json.dumps(sandbox.info)
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark phase {phase} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["figures"]["sandbox_cpu_s"] = round(sandbox.cpu_s() - before, 3)
     return result
 

@@ -28,7 +28,6 @@ import ctypes
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from typing import Any
 from sqlalchemy import event
 
 from accord.settings import DEFAULT_MAPPING, AccordSettings
+from benchmarks.child import run_json
 from benchmarks.measure import peak_rss_mb, reset_peak_rss
 from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import load_mapping
@@ -144,15 +144,9 @@ def run_child(info: dict[str, Any], source: str, traced: bool, env: dict[str, st
         if traced:
             command.append("--tracemalloc")
         tree = env.get("TREE")  # another checkout of the project (the code before a change): its code is measured
-        done = subprocess.run(  # noqa: S603  # our own module
-            command, capture_output=True, text=True, check=False, env={**os.environ, **env}, cwd=tree
-        )
+        return run_json(command, f"pull probe of {source}", env={**os.environ, **env}, cwd=tree)
     finally:
         Path(info_path).unlink()
-    if done.returncode != 0:
-        raise RuntimeError(f"pull probe of {source} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

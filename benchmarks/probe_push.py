@@ -27,7 +27,6 @@ import cProfile
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from accord.settings import DEFAULT_MAPPING, AccordSettings
+from benchmarks.child import run_json
 from benchmarks.measure import APIS, peak_rss_mb, reset_peak_rss
 from benchmarks.probe_unify import _rss_mb, _top, cached_store
 from benchmarks.sandbox_process import SandboxProcess
@@ -106,12 +106,8 @@ def run_child(path: Path, kind: str, size: str, seed: int, latency_ms: float = 0
         control = sandbox.control
         since = control.summary()["last_seq"]
         command = [sys.executable, "-m", "benchmarks.probe_push", "--child", str(path), "--kind", kind]
-        done = subprocess.run(  # noqa: S603  # our own module; the sandbox's address and keys go on stdin
-            command, input=json.dumps(sandbox.info), capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"push probe of {path.name} ({kind}) failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        # The sandbox's address and keys go on standard input.
+        result = run_json(command, f"push probe of {path.name} ({kind})", input=json.dumps(sandbox.info))
         summary = control.summary(since)["summary"]
         calls = {api: sum(summary.get(api, {}).values()) for api in APIS}
         result["api_calls"] = {**calls, "all": sum(calls.values())}

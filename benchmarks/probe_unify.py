@@ -24,7 +24,6 @@ import json
 import logging
 import pstats
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from accord.settings import DEFAULT_MAPPING, AccordSettings
+from benchmarks.child import run_json
 from benchmarks.measure import peak_rss_mb, reset_peak_rss
 from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import load_mapping
@@ -130,11 +130,7 @@ def _top(profiler: cProfile.Profile, entries: int = 25) -> str:
 
 def run_child(path: Path, kind: str, saved: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.probe_unify", "--child", str(path), "--kind", kind]
-    done = subprocess.run([*command, "--saved", saved], capture_output=True, text=True, check=False)  # noqa: S603  # our own module
-    if done.returncode != 0:
-        raise RuntimeError(f"probe of {path.name} ({kind}) failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_json([*command, "--saved", saved], f"probe of {path.name} ({kind})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.child import run_json
 from benchmarks.measure import run_size
 from benchmarks.report import growth, markdown, targets
 
@@ -25,13 +25,7 @@ SIZES = ("small", "medium", "large")
 
 def run_in_child(size: str, latency_ms: float, seed: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.run", "--worker", size, "--latency-ms", str(latency_ms)]
-    done = subprocess.run(  # noqa: S603  # our own interpreter and module
-        [*command, "--seed", str(seed)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark of {size} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_json([*command, "--seed", str(seed)], f"benchmark of {size}")
 
 
 def collect(sizes: dict[str, dict[str, Any]], latency_ms: float, seed: int, started_at: str) -> dict[str, Any]:

@@ -550,7 +550,7 @@ def test_the_events_resource_is_built_once_per_service(emulator: Emulator, mappi
         service = built(subject)
         return services.setdefault(id(service), CountingService(service))
 
-    writer.service = counting  # type: ignore[method-assign]
+    writer.service = counting  # type: ignore[method-assign]  # spied on, this writer only
     try:
         results = writer.write(requests)
     finally:

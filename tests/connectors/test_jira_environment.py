@@ -57,7 +57,7 @@ def test_the_environment_is_read_once_per_server_and_settings() -> None:
         calls.append(url)
         return merge(url, proxies, stream, verify, cert)
 
-    session.merge_environment_settings = counted  # type: ignore[method-assign]
+    session.merge_environment_settings = counted  # type: ignore[method-assign]  # spied on, this session only
     read_environment_once(session)
     for url in URLS[:2] * 5:  # one server
         session.merge_environment_settings(url, {}, None, None, None)

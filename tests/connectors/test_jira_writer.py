@@ -674,7 +674,7 @@ def test_the_writer_keeps_its_threads_from_one_call_to_the_next(
     pools: list[Any] = []
     executor = writer_module.ThreadPoolExecutor
 
-    class Counted(executor):  # type: ignore[misc,valid-type]
+    class Counted(executor):  # type: ignore[misc,valid-type]  # the executor class the writer uses, found at run time
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             pools.append(self)

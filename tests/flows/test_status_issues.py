@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from engagement.mapping import Mapping, load_mapping
 from engagement.records import SourceRecord
-from flows.push_engine import _status_issues
+from flows.push_engine import _lowest_status_issues, _status_issues
 from store import Store
 from store.schema import records
 
@@ -24,23 +24,9 @@ BIG = 2**70  # orjson refuses it: the record's JSON is written by json, which es
 
 
 def reference(store: Store, mapping: Mapping) -> dict[str, str]:
-    """The definition: every live issue read and checked (what the push did before)."""
-    how = mapping.push.jira
-    best: dict[str, tuple[int, str]] = {}
-    for record in store.iter_records("jira", "issues"):
-        data = record.data
-        if how.status_issue == "first_epic":
-            if str(data.get("issue_type", "")).casefold() != "epic":
-                continue
-        elif how.status_label not in (data.get("labels") or []):
-            continue
-        key = str(data.get("key") or "")
-        project, _, number = key.rpartition("-")
-        if not number.isdigit():
-            continue
-        if project not in best or int(number) < best[project][0]:
-            best[project] = (int(number), key)
-    return {project: key for project, (_, key) in best.items()}
+    """The definition: every live issue read and checked (what the push did before the database
+    filter); the check itself is the push's own, so what is compared is the filter."""
+    return _lowest_status_issues(store.iter_records("jira", "issues"), mapping)
 
 
 def labelled(mapping: Mapping, label: str) -> Mapping:
@@ -184,8 +170,8 @@ def test_only_the_issues_that_may_qualify_are_read(filled: Store, mapping: Mappi
     def every_issue(*args: Any, **kwargs: Any) -> Iterator[SourceRecord]:
         raise AssertionError("every stored issue read")
 
-    filled.records_mentioning = counted  # type: ignore[method-assign]
-    filled.iter_records = every_issue  # type: ignore[method-assign]
+    filled.records_mentioning = counted  # type: ignore[method-assign]  # spied on, this store only
+    filled.iter_records = every_issue  # type: ignore[method-assign]  # spied on, this store only
     found = _status_issues(filled, mapping)
     assert found["ALPHA"] == "ALPHA-9"
     live = filled.record_counts()["jira.issues"]
