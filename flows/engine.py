@@ -8,6 +8,7 @@ leaves the store where a re-run continues correctly.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import threading
 import time
@@ -148,6 +149,28 @@ class SyncReport:
                 {"id": c.engagement_id, "from": c.previous, "to": c.current} for c in self.health_changes
             ],
         }
+
+
+CONNECTOR_PACKAGES = {
+    "salesforce": "connectors.salesforce",
+    "jira": "connectors.jira",
+    "google_calendar": "connectors.google_calendar",
+}
+
+
+def import_connectors(sources: tuple[str, ...]) -> None:
+    """Import the sources' connector packages, and the client libraries under them, in this thread.
+
+    Called before the pulls start their threads. ``build_connector`` imports lazily, so each pull
+    thread of a fresh process (every flow run) imported its client library while the others did
+    the same: CPython takes one lock per module, and a thread importing ``html.entities`` (which
+    locks the submodule, then imports its parent) and another importing ``html`` (the parent,
+    then the submodule) wait on each other; Python 3.11 raises ``_DeadlockError`` and that
+    source's pull failed ("deadlock detected by _ModuleLock('html.entities')", seen in a
+    benchmark's first sync)."""
+    for source in sources:
+        if source in CONNECTOR_PACKAGES:
+            importlib.import_module(CONNECTOR_PACKAGES[source])
 
 
 def build_connector(source: str, settings: AccordSettings, mapping: Mapping) -> SourceConnector:
@@ -368,6 +391,7 @@ def _run_sync(
     report = SyncReport(started_at=started, full=full)
     clock = time.perf_counter()
     run_id = store.start_run(full)
+    import_connectors(sources)
     waits = (pull_all or threaded_pull_all(settings, mapping, store))(sources, started, full, reconcile)
     for source, wait in waits.items():
         try:
