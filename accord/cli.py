@@ -343,7 +343,7 @@ def _push(args: argparse.Namespace) -> int:
     print(f"planned {result['planned']} writes, queued {result['queued']}, left alone {result['left_alone']}")
     for target, t in result["targets"].items():
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items())) or "nothing to do"
-        print(f"  {target}: {t['delivered']} delivered, {t['failed']} failed in {t['calls']} calls ({outcomes})")
+        print(f"  {target}: {t['delivered']} delivered, {t['failed']} failed in {t['batches']} batches ({outcomes})")
     return 0
 
 

@@ -133,7 +133,7 @@ def push_flow(dry_run: bool = False, partitions: int = 0) -> dict[str, Any]:
     create_markdown_artifact(key="accord-plan", markdown=plan_markdown(report.plan), description="Accord push plan")
     create_markdown_artifact(key="accord-push", markdown=push_markdown(report), description="Accord push results")
     for name, target in report.targets.items():
-        logger.info("%s: %d delivered, %d failed, %d calls", name, target.delivered, target.failed, target.calls)
+        logger.info("%s: %d delivered, %d failed, in %d batches", name, target.delivered, target.failed, target.batches)
     # Writes the targets refused one by one (those of a call that failed as a whole are explained above).
     whole = {name: target.error for name, target in report.targets.items() if target.error}
     for name in TARGETS:

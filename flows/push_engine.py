@@ -519,7 +519,7 @@ class TargetReport:
     delivered: int = 0
     failed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
-    calls: int = 0  # writer calls (each may be a batch)
+    batches: int = 0  # writer calls: one batch of writes each, which the writer makes in one or more API requests
     error: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error): the first FAILURES_KEPT
     seconds: float = 0.0
@@ -558,7 +558,7 @@ class PushReport:
                     "delivered": t.delivered,
                     "failed": t.failed,
                     "outcomes": t.outcomes,
-                    "calls": t.calls,
+                    "batches": t.batches,
                     "error": t.error,
                     "failures": [{"key": k, "error": e} for k, e in t.failures[:50]],
                 }
@@ -630,7 +630,7 @@ def apply_target(
                         report.fail(i.key, str(exc))
                     log.error("%s: writes stopped: %s", target, exc)
                     break
-                report.calls += 1
+                report.batches += 1
                 deliveries = [Delivery(r.key, r.ok, r.outcome, r.target_id, r.error, r.retriable) for r in results]
                 store.outbox.mark(deliveries)
                 for r in results:

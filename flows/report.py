@@ -127,12 +127,19 @@ def plan_markdown(plan: PlanSummary | PushPlan, limit: int = ROWS_KEPT) -> str:
 
 
 def push_markdown(report: PushReport) -> str:
-    lines = ["# Accord push results", "", "| target | attempted | delivered | failed | calls | outcomes | error |"]
+    lines = ["# Accord push results", "", "| target | attempted | delivered | failed | batches | outcomes | error |"]
     lines.append("|---|---:|---:|---:|---:|---|---|")
     for name, t in sorted(report.targets.items()):
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items())) or "—"
         error = _md_escape(t.error or "")
-        lines.append(f"| {name} | {t.attempted} | {t.delivered} | {t.failed} | {t.calls} | {outcomes} | {error} |")
+        lines.append(f"| {name} | {t.attempted} | {t.delivered} | {t.failed} | {t.batches} | {outcomes} | {error} |")
+    lines += [
+        "",
+        "A batch is one writer call: Salesforce writes it as a collection request of up to 200 records "
+        "after a lookup of their keys, Jira as one comment and one entity property per write (each "
+        "checked first), Google Calendar as one batch request per calendar. The APIs' own usage "
+        "figures count the requests.",
+    ]
     failures = [(name, key, error) for name, t in report.targets.items() for key, error in t.failures]
     if failures:
         lines += ["", "**Failed writes** (kept in the outbox, retried next run):", "", "| target | key | error |"]

@@ -95,7 +95,7 @@ def test_apply_reads_pages_and_still_makes_full_batches(store: Store, monkeypatc
     report = apply_target("google_calendar", store, settings, MAPPING, lambda *_: writer)
     size = MAPPING.push.google_calendar.batch_size
     per_calendar = Counter(i.payload["calendar_id"] for i in items)
-    assert report.delivered == 230 and report.calls == sum(-(-n // size) for n in per_calendar.values())
+    assert report.delivered == 230 and report.batches == sum(-(-n // size) for n in per_calendar.values())
     assert sorted(k for call in writer.calls for k in call) == sorted(i.key for i in items)
 
 
