@@ -77,7 +77,8 @@ def run_demo(size: str = "small", seed: int = 1, workdir: Path | None = None) ->
         pushed = push_flow(dry_run=False)
         for target, t in pushed["targets"].items():
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t["outcomes"].items())) or "nothing to do"
-            print(f"   {target}: {t['delivered']} delivered, {t['failed']} failed in {t['batches']} batches ({outcomes})")
+            done = f"{t['delivered']} delivered, {t['failed']} failed in {t['batches']} batches"
+            print(f"   {target}: {done} ({outcomes})")
         after = sandbox.counts()
         _say("read back from the sandbox")
         print(f"   Salesforce Tasks: {before['salesforce']['Task']} -> {after['salesforce']['Task']}")
