@@ -416,6 +416,7 @@ class UnifyPool:
         self.processes = processes
         self._executor = ProcessPoolExecutor(max_workers=processes - 1, mp_context=multiprocessing.get_context("spawn"))
         self._warm = [self._executor.submit(warm_unify_child, url) for _ in range(processes - 1)]
+        self.own_s = self.waited_s = 0.0  # the last tail: this process's partition, then the wait for the others
 
     @classmethod
     def start(cls, store: Store, processes: int) -> UnifyPool | None:
@@ -442,7 +443,9 @@ class UnifyPool:
                 futures[k] = self._executor.submit(unify_partition_in_child, self.url, mapping, now, k, n)
             except BrokenProcessPool:
                 errors.append(f"partition {k} of {n}: {self._broken()}")
+        clock = time.perf_counter()
         summary, changes = unify_and_store(store, mapping, now, partition=0, partitions=n, counts=True)
+        self.own_s = time.perf_counter() - clock
         parts = [(summary, changes)]
         figures: list[PartitionFigures] = []
         for k, future in futures.items():
@@ -458,6 +461,13 @@ class UnifyPool:
                 continue
             parts.append((result.summary, result.changes))
             figures.append(result.figures)
+        self.waited_s = time.perf_counter() - clock - self.own_s
+        log.info(
+            "unify in %d processes: partition 0 here in %.2f s, then %.2f s waiting for the others",
+            n,
+            self.own_s,
+            self.waited_s,
+        )
         if errors:
             raise UnifyFailedError(
                 "the engagements of "
@@ -466,6 +476,10 @@ class UnifyPool:
             )
         merged = ViewSummary.merged([s for s, _ in parts])
         return merged, [c for _, part in parts for c in part], figures
+
+    def wait_started(self) -> list[int]:
+        """Wait until every child has started and imported; their process ids (benchmarks, tests)."""
+        return [warm.result() for warm in self._warm]
 
     def _broken(self) -> str:
         return "its process ended abruptly (killed by a signal, or out of memory) before it returned"
