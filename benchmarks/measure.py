@@ -231,6 +231,7 @@ def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_
     try:
         if phase == "push":
             pushed, figures = measured(lambda: push(store, settings, mapping, mapping_path))
+            figures["children_peak_rss_mb"] = 0.0  # a push runs in one process
             return {
                 "figures": figures,
                 "writes": [[*key, n] for key, n in sorted(pushed.plan.writes.items())],

@@ -397,6 +397,18 @@ def unify_partition_in_child(
     return PartitionResult(summary, changes, figures)
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception in a line, for the run's error: SQLAlchemy's message carries the statement and its
+    parameters (record ids, addresses), so of its errors only the driver's first line."""
+    orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError: the driver's exception
+    shown = orig if isinstance(orig, BaseException) else exc
+    lines = str(shown).strip().splitlines()
+    text = lines[0][:300] if lines else ""
+    if shown is not exc:
+        return f"{type(exc).__name__} ({type(shown).__name__}: {text})"
+    return f"{type(exc).__name__}: {text}"
+
+
 class UnifyPool:
     """Child processes that share the unify tail with the sync's process: the clients are split into
     ``processes`` partitions (``engagement.partition.partition_of``); partition 0 is unified here,
@@ -457,7 +469,7 @@ class UnifyPool:
             except Exception as exc:
                 remote = exc.__cause__  # concurrent.futures' _RemoteTraceback: the child's traceback
                 log.error("unify of partition %d of %d failed in its process:%s", k, n, remote or "")
-                errors.append(f"partition {k} of {n}: {type(exc).__name__}: {exc}")
+                errors.append(f"partition {k} of {n}: {_one_line(exc)}")
                 continue
             parts.append((result.summary, result.changes))
             figures.append(result.figures)

@@ -44,7 +44,8 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
             assert figures["unify_processes"] == 2 and figures["children_peak_rss_mb"] > 0
             # The child's CPU (an interpreter's start-up and imports at least) is in the Accord CPU.
             assert 0.1 < figures["children_cpu_s"] < figures["cpu_s"]
-    assert small["push"]["children_cpu_s"] == 0.0
+    # No unify children in a push (ctypes' find_library may run ldconfig: milliseconds).
+    assert small["push"]["children_cpu_s"] < 0.05 and small["push"]["children_peak_rss_mb"] == 0.0
 
 
 def test_figures_are_computed_from_the_measurements(small: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from engagement.mapping import Mapping, load_mapping
 from engagement.partition import load_directory, partition_of
 from engagement.records import WorkItem, project_key
 from flows.engine import SourceReport, SyncReport, UnifyFailedError, UnifyPool, run_sync
+from flows.failures import FailureContext, explain
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
 from store.schema import engagements, records
@@ -194,6 +195,8 @@ def test_a_failing_child_names_its_partition_and_the_next_run_recomputes(
     message = str(failed.value)
     assert message.startswith("the engagements of partition 1 of 2: AttributeError: 'list' object has no attribute")
     assert "from_record" in caplog.text  # the child's own traceback, in the log only
+    ops = explain(failed.value, FailureContext("sync", settings)).text()  # what the flow run fails with
+    assert "partition 1 of 2" in ops and "ACCORD_UNIFY_PROCESSES=1" in ops and "Traceback" not in ops
     run = store.last_runs(1)[0]
     assert run["status"] == "failed" and run["stats"]["error"] == message
     table = _table(store)
