@@ -43,6 +43,12 @@ BLOCK_SUFFIX = "_block"
 BUDGET_APIS = ("salesforce", "jira", "google_calendar")
 
 
+def default_unify_processes() -> int:
+    """Two where the machine has two cores or more: the unify tail splits its clients between the
+    sync's process and one child (medium org: see ``flows.engine.UnifyPool``)."""
+    return min(2, os.cpu_count() or 1)
+
+
 def env_name(*path: str) -> str:
     """The environment variable of a setting: ``env_name("jira", "api_token")`` is ACCORD_JIRA__API_TOKEN."""
     return "ACCORD_" + "__".join(p.upper() for p in path)
@@ -173,6 +179,13 @@ class AccordSettings(BaseSettings):
     jira: JiraSettings | None = None
     google_calendar: GoogleCalendarSettings | None = None
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    unify_processes: int = Field(
+        default_factory=default_unify_processes,
+        ge=1,
+        le=64,
+        description="Processes that recompute the engagements after the pull (ACCORD_UNIFY_PROCESSES): the "
+        "clients are split into that many partitions, one per process; 1 = all in the sync's process",
+    )
     secret_blocks: dict[str, str] = Field(
         default_factory=dict,
         description="Which credential came from which Prefect Secret block ('jira.api_token' -> 'jira-token'); "

@@ -13,6 +13,13 @@ same garbage-collector settings, the sync's ``now``). Three kinds of run:
 ``--saved`` chooses what the store holds before the run: ``same`` (the engagements the sync saved:
 an incremental sync with nothing changed) or ``none`` (a full sync's first save). Every figure is
 repeated ``--repeat`` times; the report gives each run and the minimum.
+
+``--processes 2`` runs the tail as a sync with ``ACCORD_UNIFY_PROCESSES=2`` does (``plain`` only):
+the child process is started and warmed before the clock starts (the sync does it during the pull),
+then partition 0 runs here and partition 1 in the child. ``wall_s`` is the tail's wall clock;
+``cpu_s`` this process's CPU, ``children_cpu_s`` the child's whole life (start-up and imports
+included, from ``RUSAGE_CHILDREN`` once it has exited) and ``child_unify_cpu_s`` its unify alone;
+``children_peak_rss_mb`` the child's VmHWM.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import io
 import json
 import logging
 import pstats
+import resource
 import shutil
 import sys
 import tempfile
@@ -41,7 +49,7 @@ from benchmarks.measure import peak_rss_mb, reset_peak_rss
 from benchmarks.sandbox_process import SandboxProcess
 from engagement.mapping import load_mapping
 from engagement.records import iso, parse_datetime
-from flows.engine import fewer_collections, run_sync, unify_and_store
+from flows.engine import UnifyPool, fewer_collections, run_sync, unify_and_store
 from flows.memory import limit_malloc_arenas, release_free_memory
 from store import Store
 from store.schema import engagements
@@ -71,8 +79,15 @@ def cached_store(size: str, cache: Path, seed: int) -> Path:
     return path
 
 
-def measure_once(path: Path, kind: str, saved: str) -> dict[str, Any]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_once(path: Path, kind: str, saved: str, processes: int = 1) -> dict[str, Any]:
     """One run of the unify tail on a copy of ``path`` (in this process: call it in a fresh one)."""
+    if processes > 1 and kind != "plain":
+        raise ValueError(f"--processes {processes} measures the plain kind only, not {kind}")
     now = parse_datetime(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["now"])
     assert isinstance(now, datetime)
     mapping = load_mapping(DEFAULT_MAPPING)
@@ -87,18 +102,37 @@ def measure_once(path: Path, kind: str, saved: str) -> dict[str, Any]:
         release_free_memory()
         rss_before = _rss_mb()
         reset_peak_rss()
-        figures: dict[str, Any] = {"kind": kind, "rss_before_mb": rss_before}
+        figures: dict[str, Any] = {"kind": kind, "processes": processes, "rss_before_mb": rss_before}
         profiler = cProfile.Profile() if kind == "profile" else None
         if kind == "tracemalloc":
             tracemalloc.start()
-        with fewer_collections():
-            cpu = time.process_time()
-            if profiler:
-                profiler.enable()
-            summary, changes = unify_and_store(store, mapping, now)
-            if profiler:
-                profiler.disable()
-            figures["cpu_s"] = round(time.process_time() - cpu, 3)
+        pool = UnifyPool(store.url, processes) if processes > 1 else None
+        children_before = _children_cpu_s()
+        try:
+            if pool:
+                pool.wait_started()  # started and imported, as during a sync's pull
+            with fewer_collections():
+                wall, cpu = time.perf_counter(), time.process_time()
+                if profiler:
+                    profiler.enable()
+                if pool:
+                    summary, changes, children = pool.unify_and_store(store, mapping, now)
+                    figures["child_unify_cpu_s"] = round(sum(c.cpu_s for c in children), 3)
+                    figures["children_peak_rss_mb"] = round(sum(c.peak_rss_mb for c in children), 1)
+                    figures["child_wall_s"] = max(c.wall_s for c in children)
+                    figures["own_partition_wall_s"] = round(pool.own_s, 3)
+                    figures["waited_for_children_s"] = round(pool.waited_s, 3)
+                else:
+                    summary, changes = unify_and_store(store, mapping, now)
+                if profiler:
+                    profiler.disable()
+                figures["wall_s"] = round(time.perf_counter() - wall, 3)
+                figures["cpu_s"] = round(time.process_time() - cpu, 3)
+        finally:
+            if pool:
+                pool.close()
+        if pool:
+            figures["children_cpu_s"] = round(_children_cpu_s() - children_before, 3)
         figures["peak_rss_mb"] = peak_rss_mb()
         if kind == "tracemalloc":
             figures["tracemalloc_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
@@ -128,9 +162,11 @@ def _top(profiler: cProfile.Profile, entries: int = 25) -> str:
     return out.getvalue()
 
 
-def run_child(path: Path, kind: str, saved: str) -> dict[str, Any]:
+def run_child(path: Path, kind: str, saved: str, processes: int = 1) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.probe_unify", "--child", str(path), "--kind", kind]
-    return run_json([*command, "--saved", saved], f"probe of {path.name} ({kind})")
+    return run_json(
+        [*command, "--saved", saved, "--processes", str(processes)], f"probe of {path.name} ({kind}, {processes})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,12 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--saved", choices=("same", "none"), default="same")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--processes", type=int, default=1, help="unify processes (plain kind only)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=KINDS, default="plain", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.child:
-        print(json.dumps(measure_once(args.child, args.kind, args.saved)))
+        print(json.dumps(measure_once(args.child, args.kind, args.saved, args.processes)))
         return 0
     report: dict[str, Any] = {}
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
@@ -154,12 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {}
         for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
             repeat = 1 if kind == "profile" else args.repeat
-            runs[kind] = [run_child(path, kind, args.saved) for _ in range(repeat)]
+            runs[kind] = [run_child(path, kind, args.saved, args.processes) for _ in range(repeat)]
         for profiled in runs.get("profile", []):
             print(f"== {size} profile ==\n{profiled.pop('profile')}", file=sys.stderr)
         best: dict[str, float] = {}
         for kind, results in runs.items():
-            for key in ("cpu_s", "peak_rss_mb", "rss_before_mb", "tracemalloc_peak_mb"):
+            keys = ("wall_s", "cpu_s", "children_cpu_s", "child_unify_cpu_s", "peak_rss_mb", "children_peak_rss_mb")
+            for key in (*keys, "rss_before_mb", "tracemalloc_peak_mb"):
                 values = [r[key] for r in results if key in r]
                 if values and kind != "profile":
                     best[f"{kind}.{key}"] = min(values)

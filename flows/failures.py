@@ -37,6 +37,7 @@ from connectors.errors import (
     TransientError,
 )
 from engagement.mapping import Mapping, MappingError
+from flows.engine import UnifyFailedError
 
 SOURCES = ("salesforce", "jira", "google_calendar")
 SOURCE_NAMES = {"salesforce": "Salesforce", "jira": "Jira", "google_calendar": "Google Calendar"}
@@ -137,6 +138,18 @@ def explain(exc: BaseException, context: FailureContext, *, source: str | None =
             exc.problem,
             (f"`{exc.variable}` (now `{exc.block}`)", "the Secret blocks of this Prefect workspace (UI: Blocks)"),
             context.kept(None),
+        )
+    if isinstance(exc, UnifyFailedError):
+        return OpsMessage(
+            "run",
+            f"Recomputing the engagements failed in a child process: {exc}",
+            "the child ran out of memory or was killed, or a failure Accord does not recognise (possibly a bug)",
+            (
+                "the child's traceback in this flow run's logs",
+                "`ACCORD_UNIFY_PROCESSES=1` recomputes in the sync's process alone",
+            ),
+            "Kept: the pulled records and their cursors are stored, and the engagements of the other partitions; "
+            "the next sync recomputes every engagement.",
         )
     if isinstance(exc, MappingError):
         problems = [f"line {line}: {message}" if line else message for line, message in exc.problems[:5]]

@@ -66,3 +66,15 @@ def release_free_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM) in MB since it started; 0.0 where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0

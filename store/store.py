@@ -314,6 +314,16 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @property
+    def shared_across_processes(self) -> bool:
+        """Whether another process opening ``url`` sees this store: not an in-memory SQLite database
+        (``sqlite://``, ``sqlite:///:memory:``, ``mode=memory``), which is private to its connection."""
+        if self.dialect != "sqlite":
+            return True
+        parsed = make_url(self.url)
+        database = parsed.database or ""
+        return database not in ("", ":memory:") and "mode=memory" not in self.url and ":memory:" not in database
+
     def describe(self) -> str:
         """The URL without its password, for logs."""
         return make_url(self.url).render_as_string(hide_password=True)

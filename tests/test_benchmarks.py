@@ -4,6 +4,7 @@ measurements (the sandbox's request log, the clocks) rather than constants."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,20 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
     floor = small["full_sync"]["floor"]  # the same full sync at 0 ms, in a store of its own
     assert floor["records"] == small["full_sync"]["records"] and floor["cpu_s"] > 0
     assert small["full_sync"]["sandbox_cpu_s"] > 0  # clock ticks of 10 ms: the full sync's calls take several
-    # Each phase is a process of its own: the size's peak is the largest phase's.
+    # Each phase is a process of its own: the size's peak is the largest phase's, with its unify
+    # children's (the syncs unify in two processes on a machine of two cores or more).
     assert small["process_peak_rss_mb"] == max(
-        small[p]["peak_rss_mb"] for p in ("full_sync", "incremental_sync", "push")
+        small[p]["peak_rss_mb"] + small[p].get("children_peak_rss_mb", 0.0)
+        for p in ("full_sync", "incremental_sync", "push")
     )
+    if (os.cpu_count() or 1) >= 2:
+        for phase in ("full_sync", "incremental_sync"):
+            figures = small[phase]
+            assert figures["unify_processes"] == 2 and figures["children_peak_rss_mb"] > 0
+            # The child's CPU (an interpreter's start-up and imports at least) is in the Accord CPU.
+            assert 0.1 < figures["children_cpu_s"] < figures["cpu_s"]
+    # No unify children in a push (ctypes' find_library may run ldconfig: milliseconds).
+    assert small["push"]["children_cpu_s"] < 0.05 and small["push"]["children_peak_rss_mb"] == 0.0
 
 
 def test_figures_are_computed_from_the_measurements(small: dict[str, Any]) -> None:

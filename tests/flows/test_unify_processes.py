@@ -1,0 +1,237 @@
+"""The unify tail in two processes (``ACCORD_UNIFY_PROCESSES=2``, ``flows.engine.UnifyPool``) stores
+and reports exactly what one process does, on SQLite and PostgreSQL; an in-memory store stays in one
+process; a child that fails or is killed is reported by partition, and the next run recomputes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from accord.settings import AccordSettings
+from engagement.mapping import Mapping, load_mapping
+from engagement.partition import load_directory, partition_of
+from engagement.records import WorkItem, project_key
+from flows.engine import SourceReport, SyncReport, UnifyFailedError, UnifyPool, run_sync
+from flows.failures import FailureContext, explain
+from sandbox.app import Sandbox, SandboxOptions
+from store import Store
+from store.schema import engagements, records
+from tests.sandbox_settings import settings_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)  # the pull's upper bound: after the sandbox's data
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(SandboxOptions(size="small", seed=21)) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def mapping() -> Mapping:
+    return load_mapping("mappings/default.yaml")
+
+
+def _settings(sandbox: Sandbox, url: str, processes: int) -> AccordSettings:
+    return settings_for(sandbox, url).model_copy(update={"unify_processes": processes})
+
+
+def _table(store: Store) -> dict[str, tuple[Any, ...]]:
+    """Every stored engagement, every column."""
+    with store.engine.connect() as conn:
+        return {row.id: tuple(row) for row in conn.execute(select(engagements))}
+
+
+def _reported(report: SyncReport) -> dict[str, Any]:
+    """What a run reports of its engagements: the summary, its rows, the set of health changes."""
+    assert report.view is not None
+    summary = {k: v for k, v in report.to_json().items() if k not in ("seconds", "sources", "health_changes")}
+    changes = sorted(report.health_changes, key=lambda c: (c.engagement_id, str(c.previous), str(c.current)))
+    return summary | {"rows": report.view.rows, "changes": changes}
+
+
+def _disturb(store: Store) -> None:
+    """Stale digests and health on some engagements of each partition, and stored engagements whose
+    Opportunity is gone, in each partition: the next tail rewrites the first and drops the second."""
+    clients = store.engagement_clients()
+    with store.engine.begin() as conn:
+        for k in (0, 1):
+            mine = sorted(i for i, client in clients.items() if partition_of(client, 2) == k)
+            conn.execute(update(engagements).where(engagements.c.id.in_(mine[:3])).values(digest="stale", health="red"))
+            client = clients[mine[0]]
+            conn.execute(
+                insert(engagements).values(
+                    id=f"vanished-{k}",
+                    name=f"Vanished {k}",
+                    client="Gone",
+                    client_id=client,
+                    health="amber",
+                    stage="Closed",
+                    digest="gone",
+                    payload={},
+                    updated_at="2026-01-01T00:00:00Z",
+                )
+            )
+
+
+def test_two_processes_store_and_report_what_one_process_does(
+    sandbox: Sandbox, mapping: Mapping, store_factory: Callable[[], Store]
+) -> None:
+    one, two = store_factory(), store_factory()
+    first_one = run_sync(_settings(sandbox, one.url, 1), mapping, one, full=True, now=NOW)
+    first_two = run_sync(_settings(sandbox, two.url, 2), mapping, two, full=True, now=NOW)
+    assert not first_one.failed and not first_two.failed
+    assert first_one.unify_children == [] and [c.partition for c in first_two.unify_children] == [1]
+    clients = one.engagement_clients()
+    assert {partition_of(c, 2) for c in clients.values()} == {0, 1}  # both processes had engagements
+    assert len(clients) == sandbox.salesforce_store.counts()["Opportunity"]
+    assert _table(two) == _table(one)
+    assert _reported(first_two) == _reported(first_one)
+
+    for store in (one, two):
+        _disturb(store)
+    assert _table(two) == _table(one)
+    again_one = run_sync(_settings(sandbox, one.url, 1), mapping, one, now=NOW)
+    again_two = run_sync(_settings(sandbox, two.url, 2), mapping, two, now=NOW)
+    dropped = {c.engagement_id for c in again_two.health_changes if c.current is None}
+    assert dropped == {"vanished-0", "vanished-1"}  # the child dropped its partition's
+    assert sum(1 for c in again_two.health_changes if c.current is not None) == 6 - _still_red(one)
+    assert _table(two) == _table(one)
+    assert _reported(again_two) == _reported(again_one)
+
+
+def _still_red(store: Store) -> int:
+    """Of the six engagements ``_disturb`` marked red, those whose health is red anyway (no change)."""
+    clients = store.engagement_clients()
+    disturbed = [i for k in (0, 1) for i in sorted(i for i, c in clients.items() if partition_of(c, 2) == k)[:3]]
+    table = _table(store)
+    return sum(1 for i in disturbed if table[i][4] == "red")  # columns: id, name, client, client_id, health
+
+
+@pytest.mark.parametrize(
+    ("url", "shared"),
+    [
+        ("sqlite://", False),
+        ("sqlite:///:memory:", False),
+        ("sqlite:///file:accord?mode=memory&cache=shared&uri=true", False),
+        ("sqlite:////var/lib/accord/accord.sqlite", True),
+        ("postgresql+psycopg2://accord@db/accord", True),
+    ],
+)
+def test_which_stores_other_processes_can_open(url: str, shared: bool) -> None:
+    store = Store(url)
+    try:
+        assert store.shared_across_processes is shared
+        if not shared:
+            assert UnifyPool.start(store, 2) is None
+    finally:
+        store.dispose()
+
+
+def _no_pull(
+    sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
+) -> dict[str, Callable[[], SourceReport]]:
+    return {}
+
+
+def test_an_in_memory_store_unifies_in_one_process(sandbox: Sandbox, mapping: Mapping, tmp_path: Path) -> None:
+    synced = _synced(sandbox, mapping, tmp_path / "synced.sqlite")
+    reference = _table(synced)
+    # An in-memory SQLite database is private to its connection (each thread gets its own): filled
+    # and unified in this thread, as a test or a demo does.
+    store = Store("sqlite://")
+    store.create_all()
+    try:
+        store.apply_batch(list(synced.iter_records(include_deleted=True)))
+        settings = _settings(sandbox, store.url, 2)
+        report = run_sync(settings, mapping, store, now=NOW, sources=(), pull_all=_no_pull)
+        assert report.view is not None and report.unify_children == []
+        assert report.view.engagements == len(reference) and _table(store) == reference
+    finally:
+        store.dispose()
+        synced.dispose()
+
+
+def _synced(sandbox: Sandbox, mapping: Mapping, path: Path) -> Store:
+    store = Store(f"sqlite:///{path}")
+    store.create_all()
+    report = run_sync(_settings(sandbox, store.url, 2), mapping, store, full=True, now=NOW)
+    assert not report.failed
+    return store
+
+
+def test_a_failing_child_names_its_partition_and_the_next_run_recomputes(
+    sandbox: Sandbox, mapping: Mapping, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _synced(sandbox, mapping, tmp_path / "failing.sqlite")
+    reference = _table(store)
+    # An issue only partition 1's engagements read, stored so that reading it fails (a bug's stand-in).
+    directory = load_directory(store, mapping)
+    projects: dict[int, set[str]] = {0: set(), 1: set()}
+    for o in directory.opportunities:
+        if project := directory.base.project.get(o.id):
+            projects[partition_of(o.account_id, 2)].add(project)
+    project = sorted(projects[1] - projects[0])[0]
+    issue = next(iter(store.records_by_keys("jira", "issues", [project_key(project)])))
+    with pytest.raises(AttributeError):
+        WorkItem.from_record(replace(issue, data=[]))
+    where = (records.c.source == "jira") & (records.c.stream == "issues") & (records.c.id == issue.id)
+    with store.engine.begin() as conn:
+        conn.execute(update(records).where(where).values(data=[]))
+    _disturb(store)
+
+    settings = _settings(sandbox, store.url, 2)
+    with caplog.at_level(logging.ERROR, logger="accord.sync"), pytest.raises(UnifyFailedError) as failed:
+        run_sync(settings, mapping, store, now=NOW, sources=("salesforce",))  # the issue stays as it is
+    message = str(failed.value)
+    assert message.startswith("the engagements of partition 1 of 2: AttributeError: 'list' object has no attribute")
+    assert "from_record" in caplog.text  # the child's own traceback, in the log only
+    ops = explain(failed.value, FailureContext("sync", settings)).text()  # what the flow run fails with
+    assert "partition 1 of 2" in ops and "ACCORD_UNIFY_PROCESSES=1" in ops and "Traceback" not in ops
+    run = store.last_runs(1)[0]
+    assert run["status"] == "failed" and run["stats"]["error"] == message
+    table = _table(store)
+    assert "vanished-0" not in table and "vanished-1" in table  # partition 0 done, partition 1 not
+
+    with store.engine.begin() as conn:
+        conn.execute(update(records).where(where).values(data=issue.data))
+    report = run_sync(settings, mapping, store, now=NOW, sources=("salesforce",))
+    assert not report.failed and store.last_runs(1)[0]["status"] == "completed"
+    assert _table(store) == reference
+    store.dispose()
+
+
+def test_a_killed_child_is_reported_and_the_next_run_recomputes(
+    sandbox: Sandbox, mapping: Mapping, tmp_path: Path
+) -> None:
+    store = _synced(sandbox, mapping, tmp_path / "killed.sqlite")
+    reference = _table(store)
+    _disturb(store)
+    pool = UnifyPool(store.url, 2)
+    try:
+        [child] = pool.wait_started()
+        os.kill(child, signal.SIGKILL)
+        with pytest.raises(UnifyFailedError, match=r"^the engagements of partition 1 of 2: its process ended abruptly"):
+            pool.unify_and_store(store, mapping, NOW)
+    finally:
+        pool.close()
+    assert "vanished-1" in _table(store)
+
+    pool = UnifyPool(store.url, 2)
+    try:
+        summary, changes, children = pool.unify_and_store(store, mapping, NOW)
+    finally:
+        pool.close()
+    assert [c.partition for c in children] == [1] and summary.engagements == len(reference)
+    assert "vanished-1" in {c.engagement_id for c in changes}
+    assert _table(store) == reference
+    store.dispose()
