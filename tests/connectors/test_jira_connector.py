@@ -35,7 +35,7 @@ from connectors.errors import (
     TransientError,
 )
 from connectors.incremental import Batch
-from connectors.jira import JiraConnector, jql
+from connectors.jira import JiraConnector
 from connectors.jira import connector as connector_module
 from connectors.jira.connector import _read_body
 from connectors.jira.errors import classify
@@ -772,33 +772,3 @@ def test_pages_are_read_whole_over_one_kept_alive_connection(site: Site, mapping
         assert pools[0].num_requests >= len(batches)
     finally:
         connector.close()
-
-
-def _pages_of_everything(connector: JiraConnector) -> Generator[list[dict[str, Any]], None, None]:
-    query = f"{jql.project_in(connector.project_keys())} ORDER BY key ASC"
-    return connector.search_pages(query, fields=["id"], page_size=10, reconcile=[], what="probe")
-
-
-def test_the_next_page_is_asked_for_while_the_caller_holds_this_one(site: Site, mapping: Mapping) -> None:
-    connector = site.connector(mapping)
-    pages = _pages_of_everything(connector)
-    held = next(pages)
-    # No further next(): the read has already asked for the page after this one.
-    assert site.app.wait_for_searches(2, timeout=20)
-    rest = [issue for page in pages for issue in page]
-    connector.close()
-    ids = [str(issue["id"]) for issue in [*held, *rest]]
-    assert sorted(ids) == sorted(site.live_ids()) and len(set(ids)) == len(ids)
-    assert site.app.searches == len(site.searches()) == -(-len(ids) // 10)  # one request per page, no more
-
-
-def test_a_read_stopped_early_leaves_no_request_or_thread_behind(site: Site, mapping: Mapping) -> None:
-    connector = site.connector(mapping)
-    pages = _pages_of_everything(connector)
-    next(pages)
-    assert site.app.wait_for_searches(2, timeout=20)
-    pages.close()  # waits for the request in flight; its answer is dropped
-    assert site.app.in_flight == 0
-    assert not [t for t in threading.enumerate() if t.name.startswith("jira-page")]
-    assert site.app.searches == 2
-    connector.close()
