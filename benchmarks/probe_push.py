@@ -95,7 +95,7 @@ def measure_once(path: Path, kind: str, sandbox: dict[str, Any]) -> dict[str, An
         figures["by_target"] = report.plan.by_target()
         figures["delivered"] = {t: r.delivered for t, r in report.targets.items()}
         figures["failed"] = {t: r.failed for t, r in report.targets.items()}
-        figures["writer_calls"] = {t: r.calls for t, r in report.targets.items()}
+        figures["writer_batches"] = {t: r.batches for t, r in report.targets.items()}
         store.dispose()
     return figures
 
