@@ -186,6 +186,14 @@ class AccordSettings(BaseSettings):
         description="Processes that recompute the engagements after the pull (ACCORD_UNIFY_PROCESSES): the "
         "clients are split into that many partitions, one per process; 1 = all in the sync's process",
     )
+    unify_split_from: int = Field(
+        default=200,
+        ge=0,
+        description="Engagements the store holds from which the unify tail is split across "
+        "unify_processes (ACCORD_UNIFY_SPLIT_FROM); below it one process does it all: a child costs an "
+        "interpreter (about 0.5 s of CPU and 66 MB) that a small org's tail (a fraction of a second) does not "
+        "repay. An empty store (a first sync: its size unknown) is split; 0 = always split",
+    )
     secret_blocks: dict[str, str] = Field(
         default_factory=dict,
         description="Which credential came from which Prefect Secret block ('jira.api_token' -> 'jira-token'); "

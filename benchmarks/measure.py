@@ -371,7 +371,9 @@ def run_size(
         **phases,
         # Each phase is a process (with the unify tail's children, alive at the same time: their peaks
         # add, an upper bound as they need not peak at the same moment): the largest of the phases.
-        "process_peak_rss_mb": max(p["peak_rss_mb"] + p.get("children_peak_rss_mb", 0.0) for p in phases.values()),
+        "process_peak_rss_mb": round(
+            max(p["peak_rss_mb"] + p.get("children_peak_rss_mb", 0.0) for p in phases.values()), 1
+        ),
     }
 
 

@@ -59,8 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.md go")
     parser.add_argument("--worker", choices=SIZES, help=argparse.SUPPRESS)  # one size, JSON on stdout
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: recompute the targets, growth and markdown from --out's latest.json "
+        "(after a change to the report's wording)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.report_only:
+        kept = json.loads((args.out / "latest.json").read_text(encoding="utf-8"))
+        result = collect(kept["sizes"], kept["latency_ms"], kept["seed"], kept["started_at"])
+        write(result, args.out)
+        print(markdown(result))
+        return 0
     if args.worker:
         print(json.dumps(run_size(args.worker, latency_ms=args.latency_ms, seed=args.seed)))
         return 0

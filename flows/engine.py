@@ -436,14 +436,21 @@ class UnifyPool:
         self.own_s = self.waited_s = 0.0  # the last tail: this process's partition, then the wait for the others
 
     @classmethod
-    def start(cls, store: Store, processes: int) -> UnifyPool | None:
+    def start(cls, store: Store, processes: int, *, split_from: int = 0) -> UnifyPool | None:
         """A pool for ``store``, or None when the tail runs in this process alone: one process asked
-        for, or a store that other processes cannot open (in-memory SQLite)."""
+        for, a store that other processes cannot open (in-memory SQLite), or fewer stored engagements
+        than ``split_from`` (a small org, whose tail does not repay a child's start-up; an empty
+        store, a first sync of unknown size, is split)."""
         if processes < 2:
             return None
         if not store.shared_across_processes:
             log.info("unify in one process: the store is in memory, other processes cannot open it")
             return None
+        if split_from > 0:
+            held = store.engagement_count()
+            if 0 < held < split_from:
+                log.info("unify in one process: %d engagements, fewer than unify_split_from (%d)", held, split_from)
+                return None
         return cls(store.url, processes)
 
     def unify_and_store(
@@ -591,7 +598,7 @@ def _run_sync(
     clock = time.perf_counter()
     run_id = store.start_run(full)
     # Started before the pull, so that its processes start while the pull waits on the network.
-    pool = UnifyPool.start(store, settings.unify_processes) if unify else None
+    pool = UnifyPool.start(store, settings.unify_processes, split_from=settings.unify_split_from) if unify else None
     try:
         import_connectors(sources)
         waits = (pull_all or threaded_pull_all(settings, mapping, store))(sources, started, full, reconcile)

@@ -818,6 +818,10 @@ class Store:
         with self.engine.connect() as conn:
             return [row.payload for row in conn.execute(select(engagements.c.payload).order_by(engagements.c.id))]
 
+    def engagement_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(engagements)).scalar_one())
+
     def health_counts(self) -> dict[str, int]:
         counts = Counter({"green": 0, "amber": 0, "red": 0})
         with self.engine.connect() as conn:

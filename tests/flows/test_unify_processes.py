@@ -42,7 +42,7 @@ def mapping() -> Mapping:
 
 
 def _settings(sandbox: Sandbox, url: str, processes: int) -> AccordSettings:
-    return settings_for(sandbox, url).model_copy(update={"unify_processes": processes})
+    return settings_for(sandbox, url).model_copy(update={"unify_processes": processes, "unify_split_from": 0})
 
 
 def _table(store: Store) -> dict[str, tuple[Any, ...]]:
@@ -235,3 +235,25 @@ def test_a_killed_child_is_reported_and_the_next_run_recomputes(
     assert "vanished-1" in {c.engagement_id for c in changes}
     assert _table(store) == reference
     store.dispose()
+
+
+def test_a_small_org_unifies_in_one_process_once_its_size_is_known(
+    sandbox: Sandbox, mapping: Mapping, tmp_path: Path
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'small.sqlite'}")
+    store.create_all()
+    try:
+        settings = settings_for(sandbox, store.url).model_copy(update={"unify_processes": 2})
+        assert settings.unify_split_from == 200  # the default
+        first = run_sync(settings, mapping, store, full=True, now=NOW)
+        assert len(first.unify_children) == 1  # an empty store: a first sync of unknown size is split
+        held = store.engagement_count()
+        assert 0 < held < 200
+        again = run_sync(settings, mapping, store, now=NOW)
+        assert again.unify_children == [] and again.view is not None and again.view.engagements == held
+        pool = UnifyPool.start(store, 2, split_from=held)  # as many as the threshold: split
+        assert pool is not None
+        pool.close()
+        assert UnifyPool.start(store, 2, split_from=held + 1) is None
+    finally:
+        store.dispose()
