@@ -7,11 +7,14 @@ leaves the store where a re-run continues correctly.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -365,6 +368,23 @@ class PartitionResult:
     figures: PartitionFigures
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Run as each unify child starts (the pool's initializer): on Linux the kernel sends the child
+    SIGKILL when the sync's process ends, however it ends (``kill -9`` included), so no child goes on
+    writing engagements for a run that is gone. A parent that already ended before this ran is seen
+    by ``getppid`` and the child leaves at once. Elsewhere children end when their work queue closes."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("unify child: prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def warm_unify_child(url: str) -> int:
     """Run first in each child: importing this module (to unpickle the call) imports the engagement
     model and the store; building a ``Store`` loads the database's dialect and driver. What is left
@@ -431,7 +451,12 @@ class UnifyPool:
             raise ValueError(f"a unify pool needs 2 processes or more, not {processes}")
         self.url = url
         self.processes = processes
-        self._executor = ProcessPoolExecutor(max_workers=processes - 1, mp_context=multiprocessing.get_context("spawn"))
+        self._executor = ProcessPoolExecutor(
+            max_workers=processes - 1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
         self._warm = [self._executor.submit(warm_unify_child, url) for _ in range(processes - 1)]
         self.own_s = self.waited_s = 0.0  # the last tail: this process's partition, then the wait for the others
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select as io_select
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -257,3 +260,37 @@ def test_a_small_org_unifies_in_one_process_once_its_size_is_known(
         assert UnifyPool.start(store, 2, split_from=held + 1) is None
     finally:
         store.dispose()
+
+
+HOLDER = """
+import sys
+from flows.engine import UnifyPool
+pool = UnifyPool(sys.argv[1], 2)
+print(*pool.wait_started(), flush=True)
+sys.stdin.read()  # held open until the test kills this process
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_unify_child_ends_with_the_sync_process_killed_under_it(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'held.sqlite'}")
+    store.create_all()
+    store.dispose()
+    with subprocess.Popen(  # noqa: S603  # our own interpreter
+        [sys.executable, "-c", HOLDER, store.url],
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None
+        [child] = [int(pid) for pid in holder.stdout.readline().split()]
+        watch = os.pidfd_open(child)  # readable once the child has ended (before anyone reaps it)
+        try:
+            assert io_select.select([watch], [], [], 0)[0] == []  # alive while its parent is
+            holder.kill()  # SIGKILL: no finally, no pool shutdown
+            holder.wait(timeout=30)
+            ended, _, _ = io_select.select([watch], [], [], 10)
+            assert ended == [watch]
+        finally:
+            os.close(watch)
