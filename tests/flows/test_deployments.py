@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,55 @@ def test_notify_red_automation_applies_with_a_notification_block(prefect_api: No
     assert trigger.expect == {"accord.engagement.health-changed"}
     assert trigger.match.root == {"prefect.resource.id": "accord.engagement.*", "accord.health": "red"}
     assert load_automation(path).actions[0].type == "send-notification"
+
+
+async def _scheduled_runs(deployment_id: Any, start: datetime, runs: int) -> list[Any]:
+    """Have the API schedule up to ``runs`` runs of a deployment from ``start``, as Prefect's
+    scheduler service does for every deployment with an active schedule (``POST
+    /deployments/{id}/schedule``: the same ``models.deployments.schedule_runs``), and read back the
+    runs it made, earliest first."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL
+
+    async with httpx.AsyncClient(base_url=str(PREFECT_API_URL.value()), timeout=60) as api:
+        answer = await api.post(
+            f"/deployments/{deployment_id}/schedule",
+            json={"start_time": start.isoformat(), "min_runs": runs, "max_runs": runs},
+        )
+        answer.raise_for_status()
+    async with get_client() as client:
+        found = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+    return sorted(found, key=lambda run: run.expected_start_time)
+
+
+def test_the_deployed_schedules_make_the_runs_they_promise(prefect_api: None, tmp_path: Path) -> None:
+    """Not only declared: Prefect's scheduling of the deployed definitions gives accord-sync a run
+    every 15 minutes with its parameters, the daily reminders at 07:00 UTC, the weekly digest on
+    Monday 08:00 UTC, and accord-push (started by its trigger) none."""
+    from prefect.client.schemas.objects import StateType
+
+    _prefect("work-pool", "create", "accord-local", "--type", "process", "--overwrite", home=tmp_path)
+    _prefect("deploy", "--all", home=tmp_path)
+    deployments, _ = asyncio.run(_deployments())
+    start = datetime(2031, 1, 1, 0, 7, tzinfo=UTC)  # a Wednesday, well ahead of any run made so far
+
+    def when(name: str, runs: int) -> list[Any]:
+        return asyncio.run(_scheduled_runs(deployments[name].id, start, runs))
+
+    sync_runs = when("accord-sync", 4)
+    assert [r.expected_start_time for r in sync_runs] == [
+        datetime(2031, 1, 1, 0, minute, tzinfo=UTC) for minute in (15, 30, 45)
+    ] + [datetime(2031, 1, 1, 1, 0, tzinfo=UTC)]
+    for run in sync_runs:
+        assert run.state_type == StateType.SCHEDULED and run.parameters == {"full": False}
+        assert run.work_pool_name == "accord-local" and run.auto_scheduled
+    daily = when("accord-reminders-daily", 2)
+    assert [r.expected_start_time for r in daily] == [datetime(2031, 1, d, 7, tzinfo=UTC) for d in (1, 2)]
+    weekly = when("accord-digest-weekly", 2)
+    assert [r.expected_start_time for r in weekly] == [datetime(2031, 1, d, 8, tzinfo=UTC) for d in (6, 13)]
+    assert weekly[0].parameters == {"days": 7}
+    assert when("accord-push", 4) == []
