@@ -8,11 +8,13 @@ anywhere leaves items pending; the re-run repeats them and the targets recognise
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -645,6 +647,31 @@ def apply_target(
     return report
 
 
+def apply_concurrently(run: Callable[[str], TargetReport], targets: Sequence[str]) -> dict[str, TargetReport]:
+    """``run`` for every target at the same time, one thread each: the targets are different APIs
+    with their own writers, outbox items and rate budgets, and the bound of a push is the slowest
+    target's, not their sum. Applied one after another, the medium org's push spent Salesforce's and
+    Google Calendar's applies (about 3 s at 50 ms) on top of Jira's. Each thread runs in a copy of
+    the caller's context (a Prefect flow run's, so a target's apply can be a task of that run).
+
+    Every target finishes (a failed target never stops the others, as before); the reports come in
+    ``targets`` order, and the first error, in that order, is raised after all have finished."""
+    if len(targets) <= 1:
+        return {target: run(target) for target in targets}
+    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="push-apply") as pool:
+        futures = {target: pool.submit(contextvars.copy_context().run, run, target) for target in targets}
+    reports: dict[str, TargetReport] = {}
+    failure: BaseException | None = None
+    for target, future in futures.items():
+        try:
+            reports[target] = future.result()
+        except BaseException as exc:  # raised below, after every target finished
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return reports
+
+
 def push(
     store: Store,
     settings: AccordSettings,
@@ -688,8 +715,7 @@ def push(
     run = apply or (
         lambda target: apply_target(target, store, settings, mapping, writer_factory, engagements=engagements)
     )
-    for target in targets:
-        report.targets[target] = run(target)
+    report.targets.update(apply_concurrently(run, targets))
     planned, retried = summary.planned, summary.retries
     log.info("push: %d planned %s, %d retried, %d failed", planned, summary.by_target(), retried, report.failed)
     return report

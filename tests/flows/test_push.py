@@ -6,6 +6,7 @@ Accord marker, calendar events by their private ``accordKey``; no duplicate and 
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from accord.settings import AccordSettings
 from connectors.base import TargetWriter, WriteRequest, WriteResult
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import run_sync
-from flows.push_engine import build_writer, plan_push, push
+from flows.push_engine import TargetReport, apply_concurrently, build_writer, plan_push, push
 from sandbox.app import Sandbox, SandboxOptions
 from sandbox.client import SandboxControl, SandboxControlError
 from store import OutboxItem, Store
@@ -129,13 +130,16 @@ class CrashPoints:
 
     def __init__(self, at: int, when: str) -> None:
         self.at, self.when, self.taken = at, when, 0
+        self._lock = threading.Lock()  # the targets apply in threads of their own, at the same time
 
     def step(self, do: Callable[[], Any]) -> Any:
-        self.taken += 1
-        if self.taken == self.at and self.when == "before":
+        with self._lock:
+            self.taken += 1
+            mine = self.taken
+        if mine == self.at and self.when == "before":
             raise SimulatedCrash
         result = do()
-        if self.taken == self.at and self.when == "after":
+        if mine == self.at and self.when == "after":
             raise SimulatedCrash
         return result
 
@@ -229,3 +233,51 @@ def test_a_failed_write_keeps_its_error_and_is_retried(world: World, mapping: Ma
     world.sandbox.apps["jira"].restore_credentials()  # type: ignore[attr-defined]  # JiraApp has it
     retry = push(world.store, world.settings, mapping, MAPPING_PATH)
     assert retry.targets["jira"].delivered == len(failed) and retry.failed == 0
+
+
+def test_the_targets_are_applied_at_the_same_time(world: World, mapping: Mapping) -> None:
+    """Each writer's first call waits until all three are writing: applied one after another, the
+    first would wait alone and its barrier break (30 s), failing the push."""
+    together = threading.Barrier(3, timeout=30)
+
+    def writer_factory(target: str, settings: AccordSettings, mapping: Mapping) -> TargetWriter:
+        inner = build_writer(target, settings, mapping)
+
+        class Together:
+            target = inner.target
+            waited = False
+
+            def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+                if not self.waited:
+                    self.waited = True
+                    together.wait()
+                return inner.write(requests)
+
+            def close(self) -> None:
+                inner.close()
+
+        return Together()
+
+    plan = plan_push(world.store, mapping, MAPPING_PATH)
+    report = push(world.store, world.settings, mapping, MAPPING_PATH, writer_factory=writer_factory)
+    assert report.failed == 0 and not together.broken
+    assert list(report.targets) == ["salesforce", "jira", "google_calendar"]
+    assert_exactly_once(world.sandbox, mapping, expected_keys(plan.items))
+
+
+def test_a_target_that_fails_does_not_stop_the_others_and_the_first_failure_is_raised() -> None:
+    finished: list[str] = []
+    started = threading.Barrier(3, timeout=30)
+
+    def run(target: str) -> TargetReport:
+        started.wait()  # all three running at once
+        finished.append(target)
+        if target != "salesforce":
+            raise RuntimeError(f"{target} broke")
+        return TargetReport(target)
+
+    with pytest.raises(RuntimeError, match=r"^jira broke$"):
+        apply_concurrently(run, ["salesforce", "jira", "google_calendar"])
+    assert sorted(finished) == ["google_calendar", "jira", "salesforce"]
+    reports = apply_concurrently(lambda target: TargetReport(target, delivered=len(target)), ["jira", "salesforce"])
+    assert list(reports) == ["jira", "salesforce"] and reports["jira"].delivered == 4
