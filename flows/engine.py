@@ -7,22 +7,24 @@ leaves the store where a re-run continues correctly.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
 import logging
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from accord.settings import AccordSettings
@@ -33,6 +35,7 @@ from engagement.model import UnifiedView
 from engagement.partition import load_directory, org_counts, partition_of, unify_groups
 from engagement.records import iso, parse_datetime
 from flows.memory import limit_malloc_arenas, peak_rss_mb
+from flows.unify_child import Failed, Hello, Ready, Unify
 from store import BatchResult, CursorUpdate, HealthChange, SeenScope, Store
 
 log = logging.getLogger("accord.sync")
@@ -429,6 +432,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where ``python -m flows.unify_child`` finds the packages
+CLOSE_WAIT_S = 600.0  # a child still unifying when the pool closes gets this long to finish
+
 ENDED_ABRUPTLY = "its process ended abruptly (killed by a signal, or out of memory) before it returned"
 
 
@@ -438,10 +444,11 @@ class UnifyPool:
     each other one in a child, at the same time, and the results merged. The stored engagements,
     the summary and the set of health changes are those of one process.
 
-    Started at the start of the sync, before the pull: a spawned interpreter's start-up and imports
-    (about 0.6 s of CPU) happen while the pull waits on the network, not after it. ``spawn``, not
-    ``fork``: the sync's process has threads and connection pools by then, which a fork would copy
-    mid-use. Medium org, the tail alone on 2 cores (``benchmarks/probe_unify.py --processes 2``,
+    Started at the start of the sync, before the pull: a child interpreter's start-up and imports
+    (about 0.6 s of CPU) happen while the pull waits on the network, not after it. Each child is
+    ``python -m flows.unify_child`` talking pickles over its standard streams (see there why not a
+    ``multiprocessing`` child), dies with this process (``die_with_parent``), and opens the store
+    from its URL. Medium org, the tail alone on 2 cores (``benchmarks/probe_unify.py --processes 2``,
     best of 3): 1.98 s wall in one process, 1.13 s in two (1.09 s of CPU here, 0.88 s in the child;
     the directory is read by both); peak RSS 102 MB in one, 101 MB + 99 MB in two.
     """
@@ -451,14 +458,43 @@ class UnifyPool:
             raise ValueError(f"a unify pool needs 2 processes or more, not {processes}")
         self.url = url
         self.processes = processes
-        self._executor = ProcessPoolExecutor(
-            max_workers=processes - 1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=die_with_parent,
-            initargs=(os.getpid(),),
-        )
-        self._warm = [self._executor.submit(warm_unify_child, url) for _ in range(processes - 1)]
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._pids: list[int | None] = []
+        try:
+            for _ in range(processes - 1):
+                child = subprocess.Popen(  # our own interpreter and module
+                    [sys.executable, "-m", "flows.unify_child"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    cwd=PROJECT_ROOT,
+                )
+                self._children.append(child)
+                self._send(child, Hello(os.getpid(), url))
+        except BaseException:
+            self.close()
+            raise
+        self._started = False
         self.own_s = self.waited_s = 0.0  # the last tail: this process's partition, then the wait for the others
+
+    @staticmethod
+    def _send(child: subprocess.Popen[bytes], message: Any) -> bool:
+        """Write ``message`` to ``child``; False when it has ended (its pipe is closed)."""
+        assert child.stdin is not None
+        try:
+            pickle.dump(message, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            child.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    @staticmethod
+    def _receive(child: subprocess.Popen[bytes]) -> Any:
+        """The child's next message, or None when it ended before sending one."""
+        assert child.stdout is not None
+        try:
+            return pickle.load(child.stdout)  # noqa: S301  # our own child's answers, on a pipe only we read
+        except (EOFError, OSError, pickle.UnpicklingError):
+            return None
 
     @classmethod
     def start(cls, store: Store, processes: int, *, split_from: int = 0) -> UnifyPool | None:
@@ -478,6 +514,16 @@ class UnifyPool:
                 return None
         return cls(store.url, processes)
 
+    def wait_started(self) -> list[int]:
+        """Wait until every child has started and imported; their process ids (benchmarks, tests).
+        A child that ended before saying so is left as it is: its partition fails as ended abruptly."""
+        if not self._started:
+            for child in self._children:
+                ready = self._receive(child)
+                self._pids.append(ready.pid if isinstance(ready, Ready) else None)
+            self._started = True
+        return [pid for pid in self._pids if pid is not None]
+
     def unify_and_store(
         self, store: Store, mapping: Mapping, now: datetime
     ) -> tuple[ViewSummary, list[HealthChange], list[PartitionFigures]]:
@@ -485,31 +531,29 @@ class UnifyPool:
         ``UnifyFailedError`` naming each child partition that failed, after this process's partition
         is stored."""
         n = self.processes
-        futures: dict[int, Future[PartitionResult]] = {}
+        self.wait_started()
         errors: list[str] = []
-        for k in range(1, n):
-            try:
-                futures[k] = self._executor.submit(unify_partition_in_child, self.url, mapping, now, k, n)
-            except BrokenProcessPool:
+        asked: dict[int, subprocess.Popen[bytes]] = {}
+        for k, (child, pid) in enumerate(zip(self._children, self._pids, strict=True), start=1):
+            if pid is not None and self._send(child, Unify(self.url, mapping, now, k, n)):
+                asked[k] = child
+            else:
                 errors.append(f"partition {k} of {n}: {ENDED_ABRUPTLY}")
         clock = time.perf_counter()
         summary, changes = unify_and_store(store, mapping, now, partition=0, partitions=n, counts=True)
         self.own_s = time.perf_counter() - clock
         parts = [(summary, changes)]
         figures: list[PartitionFigures] = []
-        for k, future in futures.items():
-            try:
-                result = future.result()
-            except BrokenProcessPool:
+        for k, child in asked.items():
+            answer = self._receive(child)
+            if isinstance(answer, Failed):
+                log.error("unify of partition %d of %d failed in its process:\n%s", k, n, answer.detail)
+                errors.append(f"partition {k} of {n}: {answer.line}")
+            elif isinstance(answer, PartitionResult):
+                parts.append((answer.summary, answer.changes))
+                figures.append(answer.figures)
+            else:
                 errors.append(f"partition {k} of {n}: {ENDED_ABRUPTLY}")
-                continue
-            except Exception as exc:
-                remote = exc.__cause__  # concurrent.futures' _RemoteTraceback: the child's traceback
-                log.error("unify of partition %d of %d failed in its process:%s", k, n, remote or "")
-                errors.append(f"partition {k} of {n}: {_one_line(exc)}")
-                continue
-            parts.append((result.summary, result.changes))
-            figures.append(result.figures)
         self.waited_s = time.perf_counter() - clock - self.own_s
         log.info(
             "unify in %d processes: partition 0 here in %.2f s, then %.2f s waiting for the others",
@@ -526,13 +570,22 @@ class UnifyPool:
         merged = ViewSummary.merged([s for s, _ in parts])
         return merged, [c for _, part in parts for c in part], figures
 
-    def wait_started(self) -> list[int]:
-        """Wait until every child has started and imported; their process ids (benchmarks, tests)."""
-        return [warm.result() for warm in self._warm]
-
     def close(self) -> None:
-        """Stop the children (waits for a partition still running; cancels what has not started)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the children: their input closes, they finish what they are doing and end; one that
+        does not within ``CLOSE_WAIT_S`` is killed. Reaped here, so their CPU counts as this
+        process's children's (``RUSAGE_CHILDREN``)."""
+        for child in self._children:
+            for stream in (child.stdin, child.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        for child in self._children:
+            try:
+                child.wait(timeout=CLOSE_WAIT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self._children = []
 
 
 # Starts the pull of every source and returns, per source, a function that waits for its report.

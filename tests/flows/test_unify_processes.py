@@ -294,3 +294,44 @@ def test_a_unify_child_ends_with_the_sync_process_killed_under_it(tmp_path: Path
             assert ended == [watch]
         finally:
             os.close(watch)
+
+
+UNGUARDED = """
+# A script with no `if __name__ == "__main__"` guard, as an ops one-off often is.
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from accord.settings import DEFAULT_MAPPING
+from engagement.mapping import load_mapping
+from flows.engine import UnifyPool
+from store import Store
+
+with open(sys.argv[2], "a") as runs:
+    runs.write("top level ran\\n")
+store = Store(sys.argv[1])
+store.create_all()
+pool = UnifyPool(store.url, 2)
+try:
+    summary, _, children = pool.unify_and_store(store, load_mapping(DEFAULT_MAPPING), datetime.now(UTC))
+finally:
+    pool.close()
+print(summary.engagements, len(children))
+"""
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_child(tmp_path: Path) -> None:
+    script, runs = tmp_path / "one_off.py", tmp_path / "runs.txt"
+    script.write_text(UNGUARDED)
+    done = subprocess.run(  # noqa: S603  # our own interpreter
+        [sys.executable, str(script), f"sqlite:///{tmp_path / 'one_off.sqlite'}", str(runs)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "1"]  # an empty store, unified in two processes
+    assert runs.read_text().splitlines() == ["top level ran"]  # by the script's own process only
