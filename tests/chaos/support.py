@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any
 
 from engagement.mapping import Mapping
 from sandbox.app import Sandbox
+from store import Store
 from tests.chaos.figures import FIGURES
-from tests.flows.test_push import target_counts
+from tests.flows.test_push import queued_keys, target_counts
 
 # The issue's mix: 10% 429 (Retry-After 0 keeps the suite fast), 3% 5xx, 1% dropped connections, jitter.
 FAULTS: dict[str, Any] = {"rate_429": 0.10, "rate_5xx": 0.03, "rate_drop": 0.01, "jitter_ms": 5.0, "retry_after_s": 0}
@@ -77,3 +79,19 @@ def tally_writes(sandbox: Sandbox, mapping: Mapping, expected: dict[str, set[str
     FIGURES.add("duplicates", duplicates)
     FIGURES.add("losses", losses)
     return duplicates, losses
+
+
+def expected_after_pushes(store: Store, planned: dict[str, set[str]], planned_on: date) -> dict[str, set[str]]:
+    """The writes the pushes queued and did not supersede: what the targets must hold exactly once.
+
+    ``planned`` is a plan made before the pushes, on ``planned_on`` (UTC). The pushes run on the real
+    clock, and a status update says how many days things took: one planned before midnight (UTC) and
+    pushed after it is planned again with the new count under a new key, superseding the old (a run
+    across the boundary once counted that as a loss). So only across a day boundary, and only status
+    updates, may the plan and the queued writes differ."""
+    expected = queued_keys(store)
+    replanned = {key for target, keys in planned.items() for key in keys - expected[target]}
+    if datetime.now(UTC).date() == planned_on:
+        assert replanned == set()
+    assert all(key.startswith("status-") for key in replanned), sorted(replanned)[:5]
+    return expected

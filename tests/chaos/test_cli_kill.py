@@ -22,7 +22,7 @@ from flows.push_engine import plan_push
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
 from tests.chaos.figures import FIGURES, leak_hits, request_log_text, store_texts
-from tests.chaos.support import tally_writes
+from tests.chaos.support import expected_after_pushes, tally_writes
 from tests.flows.test_push import expected_keys, target_counts
 from tests.flows.test_sync_engine import fresh_full, live
 
@@ -140,9 +140,11 @@ def test_kill_9_of_accord_sync_and_push_then_a_rerun(tmp_path: Path) -> None:
         FIGURES.add("records_compared", len(live(truth)))
         truth.dispose()
 
-        expected = expected_keys(plan_push(store, mapping, MAPPING_PATH).items)
+        planned_on = datetime.now(UTC).date()
+        planned = expected_keys(plan_push(store, mapping, MAPPING_PATH).items)
         assert accord("push", kill_after=rng.randint(2, 30)) == -signal.SIGKILL
         assert accord("push") == 0
+        expected = expected_after_pushes(store, planned, planned_on)
         assert tally_writes(sandbox, mapping, expected) == (0, 0)
         assert {t: set(keys) for t, keys in target_counts(sandbox, mapping).items()} == expected
         assert {state for t in store.outbox.counts().values() for state in t} <= {"delivered", "superseded"}

@@ -29,7 +29,7 @@ from flows.push_engine import plan_push, push
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
 from tests.chaos.figures import FIGURES, FULL, leak_hits, request_log_text, store_texts
-from tests.chaos.support import tally_writes
+from tests.chaos.support import expected_after_pushes, tally_writes
 from tests.flows.test_push import expected_keys, settings_for, target_counts
 from tests.flows.test_sync_engine import live
 
@@ -157,7 +157,8 @@ def push_trial(mapping: Mapping, directory: Path, rng: random.Random, requests: 
         store.create_all()
         settings = settings_for(sandbox, url)
         assert not run_sync(settings, mapping, store, full=True).failed
-        expected = expected_keys(plan_push(store, mapping, MAPPING_PATH).items)
+        planned_on = datetime.now(UTC).date()
+        planned = expected_keys(plan_push(store, mapping, MAPPING_PATH).items)
         latency(sandbox, LATENCY_MS)
         runner = Runner(sandbox, url, directory, {})
         since = sandbox.log.last_seq
@@ -176,6 +177,7 @@ def push_trial(mapping: Mapping, directory: Path, rng: random.Random, requests: 
         assert again.queued == 0 and again.failed == 0
         writes = [r for r in sandbox.log.records(since_seq=before) if r.method in ("POST", "PATCH", "PUT", "DELETE")]
         assert [r.endpoint for r in writes if r.endpoint != "oauth2.token"] == []
+        expected = expected_after_pushes(store, planned, planned_on)
         duplicates, losses = tally_writes(sandbox, mapping, expected)
         assert (duplicates, losses) == (0, 0), directory.name
         assert {target: set(keys) for target, keys in target_counts(sandbox, mapping).items()} == expected
