@@ -109,8 +109,7 @@ class ViewSummary:
             self.health[e.health.level] += 1
             self.rows.append(e.summary_json())
         if len(self.rows) >= 2 * ROWS_KEPT:
-            self.rows.sort(key=row_order)
-            del self.rows[ROWS_KEPT:]
+            self.keep_worst()
         self.unknown_stakeholders += len(view.unknown_stakeholders)
         self.ambiguous_meetings += len(view.ambiguous_meetings)
 
@@ -375,10 +374,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def die_with_parent(parent: int) -> None:
-    """Run as each unify child starts (the pool's initializer): on Linux the kernel sends the child
+    """Run as each unify child starts (``flows.unify_child``): on Linux the kernel sends the child
     SIGKILL when the sync's process ends, however it ends (``kill -9`` included), so no child goes on
     writing engagements for a run that is gone. A parent that already ended before this ran is seen
-    by ``getppid`` and the child leaves at once. Elsewhere children end when their work queue closes."""
+    by ``getppid`` and the child leaves at once. Elsewhere a child ends when its input closes, after
+    the partition it may be unifying."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
@@ -389,7 +389,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def warm_unify_child(url: str) -> int:
-    """Run first in each child: importing this module (to unpickle the call) imports the engagement
+    """Run first in each child, before the pull ends: importing this module imports the engagement
     model and the store; building a ``Store`` loads the database's dialect and driver. What is left
     for the tail is the unify itself."""
     Store(url).dispose()
@@ -535,7 +535,7 @@ class UnifyPool:
         errors: list[str] = []
         asked: dict[int, subprocess.Popen[bytes]] = {}
         for k, (child, pid) in enumerate(zip(self._children, self._pids, strict=True), start=1):
-            if pid is not None and self._send(child, Unify(self.url, mapping, now, k, n)):
+            if pid is not None and self._send(child, Unify(mapping, now, k, n)):
                 asked[k] = child
             else:
                 errors.append(f"partition {k} of {n}: {ENDED_ABRUPTLY}")

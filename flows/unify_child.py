@@ -38,7 +38,8 @@ class Ready:
 
 @dataclass(frozen=True)
 class Unify:
-    url: str
+    """One partition's unify, on the store the ``Hello`` named."""
+
     mapping: Mapping
     now: datetime
     partition: int
@@ -78,7 +79,7 @@ def main() -> int:
             return 0
         try:
             result: Any = unify_partition_in_child(
-                request.url, request.mapping, request.now, request.partition, request.partitions
+                hello.url, request.mapping, request.now, request.partition, request.partitions
             )
         except Exception as exc:
             result = messages.Failed(_one_line(exc), traceback.format_exc())

@@ -271,7 +271,10 @@ sys.stdin.read()  # held open until the test kills this process
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="the parent-death signal (prctl PR_SET_PDEATHSIG) is Linux's; elsewhere a child ends when its input closes",
+)
 def test_a_unify_child_ends_with_the_sync_process_killed_under_it(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'held.sqlite'}")
     store.create_all()
