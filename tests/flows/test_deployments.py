@@ -113,19 +113,19 @@ async def _scheduled_runs(deployment_id: Any, start: datetime, runs: int) -> lis
     """Have the API schedule up to ``runs`` runs of a deployment from ``start``, as Prefect's
     scheduler service does for every deployment with an active schedule (``POST
     /deployments/{id}/schedule``: the same ``models.deployments.schedule_runs``), and read back the
-    runs it made, earliest first."""
-    import httpx
+    runs it made, earliest first. Through Prefect's own client, which retries the 503 its server
+    answers while its SQLite database is busy (seen once under a full test run's load)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.settings import PREFECT_API_URL
 
-    async with httpx.AsyncClient(base_url=str(PREFECT_API_URL.value()), timeout=60) as api:
-        answer = await api.post(
-            f"/deployments/{deployment_id}/schedule",
+    async with get_client() as client:
+        answer = await client.request(
+            "POST",
+            "/deployments/{id}/schedule",
+            path_params={"id": deployment_id},
             json={"start_time": start.isoformat(), "min_runs": runs, "max_runs": runs},
         )
         answer.raise_for_status()
-    async with get_client() as client:
         found = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         )
