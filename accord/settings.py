@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.settings import GoogleCalendarSettings, JiraSettings, SalesforceSettings
@@ -186,6 +186,14 @@ class AccordSettings(BaseSettings):
         description="Processes that recompute the engagements after the pull (ACCORD_UNIFY_PROCESSES): the "
         "clients are split into that many partitions, one per process; 1 = all in the sync's process",
     )
+    pull_in_child: str = Field(
+        default="jira",
+        description="Sources pulled by the unify children rather than the sync's process "
+        "(ACCORD_PULL_IN_CHILD, comma-separated, one per child; empty: every pull in the sync's process): "
+        "each pulls alongside the others with an interpreter lock of its own. Jira, the longest pull, by "
+        "default. Only where the tail is split (unify_processes, unify_split_from) and no request budget "
+        "is set for the source",
+    )
     unify_split_from: int = Field(
         default=200,
         ge=0,
@@ -199,6 +207,23 @@ class AccordSettings(BaseSettings):
         description="Which credential came from which Prefect Secret block ('jira.api_token' -> 'jira-token'); "
         "filled in from the ..._BLOCK settings",
     )
+
+    @field_validator("pull_in_child")
+    @classmethod
+    def _known_sources(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in BUDGET_APIS]
+        if unknown:
+            expected = ", ".join(BUDGET_APIS)
+            raise ValueError(f"unknown source {unknown[0]!r}; expected a comma-separated list of {expected}")
+        if len(set(names)) != len(names):
+            raise ValueError("a source is named twice")
+        return ",".join(names)
+
+    @property
+    def child_pulls(self) -> tuple[str, ...]:
+        """``pull_in_child`` as a tuple of sources: the first for the first child, and so on."""
+        return tuple(name for name in self.pull_in_child.split(",") if name)
 
     @model_validator(mode="before")
     @classmethod

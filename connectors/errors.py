@@ -6,9 +6,23 @@ operation and the record or field involved, never a credential or a response bod
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _rebuild(cls: type[ConnectorError], args: tuple[Any, ...], state: dict[str, Any]) -> ConnectorError:
+    """An unpickled connector error: its message and attributes as they were, ``__init__`` not run."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
 
 class ConnectorError(Exception):
-    """Base class. ``source`` is "salesforce", "jira" or "google_calendar"."""
+    """Base class. ``source`` is "salesforce", "jira" or "google_calendar".
+
+    Pickles intact, subclasses too (a pull in a child process hands its error to the sync's,
+    ``flows.engine.UnifyPool.pull``): the default pickling calls the class with ``args``, the one
+    formatted message, which ``__init__`` does not take."""
 
     retriable = False
 
@@ -16,6 +30,9 @@ class ConnectorError(Exception):
         super().__init__(f"{source}: {message}")
         self.source = source
         self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class TransientError(ConnectorError):

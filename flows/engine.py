@@ -8,6 +8,7 @@ leaves the store where a re-run continues correctly.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import gc
 import importlib
@@ -24,18 +25,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from accord.settings import AccordSettings
 from connectors.base import SourceConnector, WorkUnit
 from connectors.incremental import Batch
+from connectors.retry import get_throttle
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
 from engagement.partition import load_directory, org_counts, partition_of, unify_groups
 from engagement.records import iso, parse_datetime
 from flows.memory import limit_malloc_arenas, peak_rss_mb
-from flows.unify_child import Failed, Hello, Ready, Unify
+from flows.unify_child import Failed, Hello, LogLine, Pull, Ready, Unify, relinked
 from store import BatchResult, CursorUpdate, HealthChange, SeenScope, Store
 
 log = logging.getLogger("accord.sync")
@@ -83,6 +86,7 @@ class SourceReport:
     streams: dict[str, StreamStats] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    in_child: bool = False  # pulled by a unify child (``pull_in_child``), not the sync's process
 
     def stats(self, stream: str) -> StreamStats:
         return self.streams.setdefault(stream, StreamStats(self.source, stream))
@@ -165,6 +169,7 @@ class SyncReport:
                 name: {
                     "seconds": round(report.seconds, 3),
                     "error": report.error,
+                    "in_child": report.in_child,
                     "streams": {
                         stream: {k: v for k, v in vars(s).items() if k not in ("source", "stream")}
                         for stream, s in sorted(report.streams.items())
@@ -282,6 +287,13 @@ def pull_unit(
         del batch, existing
 
 
+# The unify pool of the sync whose pull is under way, seen by ``pull_source`` in the pull's threads
+# and Prefect tasks (both run in a copy of the sync's context): it pulls the sources its children take.
+PULLS_ELSEWHERE: contextvars.ContextVar[UnifyPool | None] = contextvars.ContextVar(
+    "accord_pulls_elsewhere", default=None
+)
+
+
 def pull_source(
     source: str,
     settings: AccordSettings,
@@ -293,7 +305,17 @@ def pull_source(
     reconcile: bool | None = None,
     connector_factory: Callable[[str, AccordSettings, Mapping], SourceConnector] = build_connector,
 ) -> SourceReport:
-    """Pull every unit of one source, up to the source's concurrency setting at a time."""
+    """Pull every unit of one source, up to the source's concurrency setting at a time: here, or in a
+    unify child of the sync when one takes ``source`` (``UnifyPool.pull``) and no request budget
+    throttles it (the budget's throttle lives in this process)."""
+    elsewhere = PULLS_ELSEWHERE.get()
+    if (
+        elsewhere is not None
+        and connector_factory is build_connector
+        and get_throttle(source) is None
+        and elsewhere.takes(source)
+    ):
+        return elsewhere.pull(source, settings, mapping, upper=upper, full=full, reconcile=reconcile)
     report = SourceReport(source)
     started = time.perf_counter()
     connector = connector_factory(source, settings, mapping)
@@ -347,6 +369,11 @@ def unify_and_store(
     return summary, changes
 
 
+class PullProcessEndedError(RuntimeError):
+    """The unify child pulling a source ended during the pull (killed, out of memory). What it stored
+    is kept with its cursors, as after a sync's own process ends; the next sync continues from there."""
+
+
 class UnifyFailedError(RuntimeError):
     """A partition of the unify tail failed in its child process. The other partitions' engagements
     are stored; a re-run recomputes every engagement (each group is saved in one transaction, and
@@ -388,12 +415,35 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def warm_unify_child(url: str) -> int:
+def warm_unify_child(url: str, pulls: tuple[str, ...] = ()) -> int:
     """Run first in each child, before the pull ends: importing this module imports the engagement
-    model and the store; building a ``Store`` loads the database's dialect and driver. What is left
-    for the tail is the unify itself."""
+    model and the store; building a ``Store`` loads the database's dialect and driver; the connectors
+    of the sources it may pull are imported. What is left is the pull and the unify themselves."""
     Store(url).dispose()
+    import_connectors(pulls)
     return os.getpid()
+
+
+def pull_in_child(url: str, request: Pull) -> SourceReport:
+    """A source's pull in a unify child, into a store of its own opened from ``url``, with the memory
+    and garbage-collector settings of the sync; its errors go back as they are (``portable``)."""
+    limit_malloc_arenas()
+    store = Store(url)
+    try:
+        with fewer_collections():
+            report = pull_source(
+                request.source,
+                request.settings,
+                request.mapping,
+                store,
+                upper=request.upper,
+                full=request.full,
+                reconcile=request.reconcile,
+            )
+    finally:
+        store.dispose()
+    report.in_child = True
+    return report
 
 
 def unify_partition_in_child(
@@ -453,15 +503,18 @@ class UnifyPool:
     the directory is read by both); peak RSS 102 MB in one, 101 MB + 99 MB in two.
     """
 
-    def __init__(self, url: str, processes: int) -> None:
+    def __init__(self, url: str, processes: int, pulls: Sequence[str] = ()) -> None:
         if processes < 2:
             raise ValueError(f"a unify pool needs 2 processes or more, not {processes}")
         self.url = url
         self.processes = processes
+        # Which child pulls which source: the first source to the first child, and so on.
+        self.pulls = {source: k for k, source in enumerate(pulls[: processes - 1])}
         self._children: list[subprocess.Popen[bytes]] = []
         self._pids: list[int | None] = []
+        level = logging.getLogger("accord").getEffectiveLevel()
         try:
-            for _ in range(processes - 1):
+            for k in range(processes - 1):
                 child = subprocess.Popen(  # our own interpreter and module
                     [sys.executable, "-m", "flows.unify_child"],
                     stdin=subprocess.PIPE,
@@ -469,11 +522,13 @@ class UnifyPool:
                     cwd=PROJECT_ROOT,
                 )
                 self._children.append(child)
-                self._send(child, Hello(os.getpid(), url))
+                mine = tuple(source for source, child_index in self.pulls.items() if child_index == k)
+                self._send(child, Hello(os.getpid(), url, mine, level))
         except BaseException:
             self.close()
             raise
         self._started = False
+        self._start_lock = threading.Lock()
         self.own_s = self.waited_s = 0.0  # the last tail: this process's partition, then the wait for the others
 
     @staticmethod
@@ -489,15 +544,22 @@ class UnifyPool:
 
     @staticmethod
     def _receive(child: subprocess.Popen[bytes]) -> Any:
-        """The child's next message, or None when it ended before sending one."""
+        """The child's next message other than a log record, or None when it ended before sending one.
+        Its log records are handled here, by this process's logger of the same name, as they come."""
         assert child.stdout is not None
-        try:
-            return pickle.load(child.stdout)  # noqa: S301  # our own child's answers, on a pipe only we read
-        except (EOFError, OSError, pickle.UnpicklingError):
-            return None
+        while True:
+            try:
+                message = pickle.load(child.stdout)  # noqa: S301  # our own child's answers, on a pipe only we read
+            except (EOFError, OSError, pickle.UnpicklingError):
+                return None
+            if not isinstance(message, LogLine):
+                return message
+            logger = logging.getLogger(message.record.name)
+            if logger.isEnabledFor(message.record.levelno):
+                logger.handle(message.record)
 
     @classmethod
-    def start(cls, store: Store, processes: int, *, split_from: int = 0) -> UnifyPool | None:
+    def start(cls, store: Store, processes: int, *, split_from: int = 0, pulls: Sequence[str] = ()) -> UnifyPool | None:
         """A pool for ``store``, or None when the tail runs in this process alone: one process asked
         for, a store that other processes cannot open (in-memory SQLite), or fewer stored engagements
         than ``split_from`` (a small org, whose tail does not repay a child's start-up; an empty
@@ -512,17 +574,58 @@ class UnifyPool:
             if 0 < held < split_from:
                 log.info("unify in one process: %d engagements, fewer than unify_split_from (%d)", held, split_from)
                 return None
-        return cls(store.url, processes)
+        return cls(store.url, processes, pulls)
 
     def wait_started(self) -> list[int]:
         """Wait until every child has started and imported; their process ids (benchmarks, tests).
         A child that ended before saying so is left as it is: its partition fails as ended abruptly."""
-        if not self._started:
-            for child in self._children:
-                ready = self._receive(child)
-                self._pids.append(ready.pid if isinstance(ready, Ready) else None)
-            self._started = True
+        with self._start_lock:  # the pulls' threads may ask at once
+            if not self._started:
+                for child in self._children:
+                    ready = self._receive(child)
+                    self._pids.append(ready.pid if isinstance(ready, Ready) else None)
+                self._started = True
         return [pid for pid in self._pids if pid is not None]
+
+    def takes(self, source: str) -> bool:
+        """Whether a child of this pool pulls ``source``: one is assigned and has started (this waits
+        for it). One that did not start leaves the pull to this process."""
+        if source not in self.pulls:
+            return False
+        self.wait_started()
+        if self._pids[self.pulls[source]] is None:
+            log.warning("%s: the child process that was to pull it did not start; pulling here", source)
+            return False
+        return True
+
+    def pull(
+        self,
+        source: str,
+        settings: AccordSettings,
+        mapping: Mapping,
+        *,
+        upper: datetime,
+        full: bool,
+        reconcile: bool | None,
+    ) -> SourceReport:
+        """``pull_source`` of ``source`` in its child, while this process pulls the others: each pull
+        has an interpreter lock of its own (medium org at 50 ms: the Jira pull's requests wait less
+        for it). The child's error is raised here as the child raised it (a ``ConnectorError`` keeps
+        its type and attributes); its log records are logged here. One that ends during the pull
+        fails it (``PullProcessEndedError``); its cursors are where its last stored page put them."""
+        child = self._children[self.pulls[source]]
+        answer = None
+        if self._send(child, Pull(source, settings, mapping, upper, full, reconcile)):
+            answer = self._receive(child)
+        if isinstance(answer, SourceReport):
+            return answer
+        if isinstance(answer, Failed):
+            log.warning("%s pull failed in its child process:\n%s", source, answer.detail)
+            error = relinked(answer)
+            if error is None:
+                raise PullProcessEndedError(f"{source}: the pull failed in its child process: {answer.line}")
+            raise error
+        raise PullProcessEndedError(f"{source}: the child process pulling it: {ENDED_ABRUPTLY}")
 
     def unify_and_store(
         self, store: Store, mapping: Mapping, now: datetime
@@ -599,8 +702,11 @@ def threaded_pull_all(settings: AccordSettings, mapping: Mapping, store: Store) 
         sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
     ) -> dict[str, Callable[[], SourceReport]]:
         pool = ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="pull")
-        futures = {
-            s: pool.submit(pull_source, s, settings, mapping, store, upper=upper, full=full, reconcile=reconcile)
+        futures = {  # each in a copy of the caller's context: it holds the sync's pool (PULLS_ELSEWHERE)
+            s: pool.submit(
+                contextvars.copy_context().run,
+                partial(pull_source, s, settings, mapping, store, upper=upper, full=full, reconcile=reconcile),
+            )
             for s in sources
         }
         pool.shutdown(wait=False)
@@ -676,16 +782,29 @@ def _run_sync(
     clock = time.perf_counter()
     run_id = store.start_run(full)
     # Started before the pull, so that its processes start while the pull waits on the network.
-    pool = UnifyPool.start(store, settings.unify_processes, split_from=settings.unify_split_from) if unify else None
+    pool = (
+        UnifyPool.start(
+            store,
+            settings.unify_processes,
+            split_from=settings.unify_split_from,
+            pulls=[s for s in settings.child_pulls if s in sources],
+        )
+        if unify
+        else None
+    )
     try:
         import_connectors(sources)
-        waits = (pull_all or threaded_pull_all(settings, mapping, store))(sources, started, full, reconcile)
-        for source, wait in waits.items():
-            try:
-                report.sources[source] = wait()
-            except Exception as exc:
-                log.error("%s pull failed: %s", source, exc)
-                report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+        elsewhere = PULLS_ELSEWHERE.set(pool)
+        try:
+            waits = (pull_all or threaded_pull_all(settings, mapping, store))(sources, started, full, reconcile)
+            for source, wait in waits.items():
+                try:
+                    report.sources[source] = wait()
+                except Exception as exc:
+                    log.error("%s pull failed: %s", source, exc)
+                    report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            PULLS_ELSEWHERE.reset(elsewhere)
         if pool is not None:
             try:
                 report.view, report.health_changes, report.unify_children = pool.unify_and_store(

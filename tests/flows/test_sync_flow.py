@@ -20,6 +20,7 @@ def sandbox_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tup
         url = f"sqlite:///{tmp_path / 'flow.sqlite'}"
         monkeypatch.setenv("ACCORD_SANDBOX_CONTROL", str(sb.info()["control"]))
         monkeypatch.setenv("ACCORD_DATABASE_URL", url)
+        monkeypatch.setenv("ACCORD_UNIFY_PROCESSES", "2")  # the default where the machine has 2 cores
         yield sb, url
 
 
@@ -44,6 +45,12 @@ def test_flow_runs_full_then_incremental_and_publishes_an_artifact(
     first = sync_flow(full=True)
     assert first["full"] is True and first["engagements"] == sandbox.salesforce_store.counts()["Opportunity"]
     assert all(source["error"] is None for source in first["sources"].values())
+    # Jira's pull task handed the pull to the unify child (the task runs in a copy of the flow's context).
+    assert {name: source["in_child"] for name, source in first["sources"].items()} == {
+        "salesforce": False,
+        "jira": True,
+        "google_calendar": False,
+    }
     sandbox.mutate(count=5, seed=3)
     state = sync_flow(full=False, return_state=True)
     second = state.result()
