@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from benchmarks import machine
+from benchmarks import run as bench_run
 from benchmarks.measure import APIS, run_size
 from benchmarks.report import markdown, targets
 from benchmarks.run import collect, main, write
@@ -205,3 +206,24 @@ def test_the_machine_description(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # some ARM machines name no model
     assert machine.cpu_model(cpuinfo) is None
     assert machine.cpu_model(tmp_path / "absent") is None
+
+
+def test_the_bench_measures_the_machine_once_before_the_sizes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events: list[str] = []
+
+    def describe() -> dict[str, Any]:
+        events.append("machine")
+        return MACHINE
+
+    def run_in_child(size: str, latency_ms: float, seed: int) -> dict[str, Any]:
+        events.append(size)
+        return _sizes(6.0)["medium"]
+
+    monkeypatch.setattr(bench_run, "describe", describe)
+    monkeypatch.setattr(bench_run, "run_in_child", run_in_child)
+    assert main(["--sizes", "small,medium", "--out", str(tmp_path)]) == 0
+    assert events == ["machine", "small", "medium"]
+    assert json.loads((tmp_path / "latest.json").read_text())["machine"] == MACHINE
+    assert "Machine reference: 1.234 s" in capsys.readouterr().out
