@@ -40,10 +40,19 @@ def _excess(phase: dict[str, Any]) -> str:
     return "; ".join(parts) or "no API above its minimum"
 
 
-def _floor_why(full: dict[str, Any]) -> str:
+def _reference(machine: dict[str, Any] | None) -> str:
+    """The machine's reference figure in words (``benchmarks/machine.py``)."""
+    if not machine:
+        return "not measured"
+    return f"{machine['reference_cpu_s']} s of CPU for the fixed workload of benchmarks/machine.py"
+
+
+def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
     """What the wall is made of: the slowest API's pull against its own bound (its requests follow one
     another, page token after page token, ``concurrency`` chains at a time), the wall after the pull,
-    and the same sync with no latency (the work itself, on this machine's cores)."""
+    and the same sync with no latency (the work itself, on this machine's cores). Where that work alone
+    is over the target, no request pattern can meet it on this machine: the text says so, with the
+    machine's reference figure."""
     parts = []
     pulls: dict[str, float] = full.get("pull_s_by_api") or {}
     bounds: dict[str, float] = full.get("bound_s_by_api") or {}
@@ -63,7 +72,15 @@ def _floor_why(full: dict[str, Any]) -> str:
             f". With no latency at all the same full sync takes {floor['wall_s']} s (Accord {floor['cpu_s']} s "
             f"CPU, sandbox {floor['sandbox_cpu_s']} s, {floor['after_pull_s']} s after the pull)"
         )
-        if floor["wall_s"] > full["bound_s"]:
+        floor_ratio = floor["wall_s"] / full["bound_s"]
+        if floor_ratio > FULL_SYNC_BOUND_MAX:
+            parts.append(
+                f": on this machine the work itself, with no latency at all, already takes {round(floor_ratio, 2)}x "
+                f"the bound (the target is {FULL_SYNC_BOUND_MAX}x), so the target cannot be met here by any change "
+                "to the request pattern, only by less CPU work or more cores (this machine's reference: "
+                f"{_reference(machine)})"
+            )
+        elif floor["wall_s"] > full["bound_s"]:
             parts.append(
                 f": the wall cannot go below {floor['wall_s']} s here, {round(floor['wall_s'] / full['bound_s'], 2)}x "
                 "the bound, until that work shrinks or spreads over more cores"
@@ -73,7 +90,12 @@ def _floor_why(full: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def targets(sizes: dict[str, dict[str, Any]], primary: str) -> dict[str, dict[str, Any]]:
+def targets(
+    sizes: dict[str, dict[str, Any]], primary: str, machine: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each target's value, whether it is met, and why; ``machine`` (``benchmarks.machine.describe()``'s,
+    None where not measured) gives the cores and the reference figure of the machine that measured."""
+    cores = machine["cores"] if machine else os.cpu_count()
     main = sizes[primary]
     full, incremental, pushed = main["full_sync"], main["incremental_sync"], main["push"]
     result: dict[str, dict[str, Any]] = {}
@@ -86,8 +108,8 @@ def targets(sizes: dict[str, dict[str, Any]], primary: str) -> dict[str, dict[st
             f"concurrency: {full['bound_s_by_api']}); with the calls actually made the bound is "
             f"{full['bound_with_calls_made_s']} s; the Accord process spent {full['cpu_s']} s of CPU "
             f"(HTTP client, parsing, SQLite writes, unify; {full.get('after_pull_s', 'n/a')} s of wall after the "
-            f"slowest pull) and the sandbox {full.get('sandbox_cpu_s', 'n/a')} s, on {os.cpu_count()} cores"
-            + _floor_why(full)
+            f"slowest pull) and the sandbox {full.get('sandbox_cpu_s', 'n/a')} s, on {cores} cores"
+            + _floor_why(full, machine)
         ),
     }
     for name, phase in (("incremental", incremental), ("push", pushed)):
@@ -146,6 +168,20 @@ def _get(phase: dict[str, Any], path: str) -> Any:
     return value
 
 
+def _machine_line(machine: dict[str, Any] | None) -> str:
+    """The machine's reference figure and what it is for."""
+    purpose = (
+        "the CPU seconds of a fixed workload (`benchmarks/machine.py`): compare runs on different machines by it; "
+        "figures of CPU and wall scale with it (the wall as far as it is work, not latency)."
+    )
+    if not machine:
+        return f"Machine reference: not measured (a run from before `benchmarks/machine.py`); it is {purpose}"
+    return (
+        f"Machine reference: {machine['reference_cpu_s']} s, {purpose} This machine: {machine['cores']} cores, "
+        f"{machine.get('cpu_model') or 'CPU model unknown'}, Python {machine['python']}."
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     sizes: dict[str, dict[str, Any]] = result["sizes"]
     names = list(sizes)
@@ -155,6 +191,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"`make bench` at {result['latency_ms']:g} ms per request, sizes {', '.join(names)}, seed {result['seed']}, "
         f"run {result['started_at']}. Generated by `python -m benchmarks.run`; the JSON beside this file has every "
         "figure, per API and endpoint.",
+        "",
+        _machine_line(result.get("machine")),
         "",
         "The sandbox runs in its own process (`accord sandbox up`), so CPU and RSS are the Accord process's own: "
         "connectors, HTTP clients, the SQLite store, unify and the push rules. Calls are counted by the sandbox's "

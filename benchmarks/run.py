@@ -1,7 +1,9 @@
 """``python -m benchmarks.run [--sizes small,medium[,large]] [--latency-ms 50]`` (``make bench``).
 
 Each size runs in a fresh child process (so its peak RSS is its own) against a sandbox in a
-process of its own; results go to ``benchmarks/results/latest.json`` and ``latest.md``.
+process of its own; results go to ``benchmarks/results/latest.json`` and ``latest.md``. Before the
+sizes, while nothing else of the bench runs, the parent measures the machine's speed
+(``benchmarks/machine.py``), kept under ``machine``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.child import run_json
+from benchmarks.machine import describe
 from benchmarks.measure import run_size
 from benchmarks.report import growth, markdown, targets
 
@@ -28,8 +31,15 @@ def run_in_child(size: str, latency_ms: float, seed: int) -> dict[str, Any]:
     return run_json([*command, "--seed", str(seed)], f"benchmark of {size}")
 
 
-def collect(sizes: dict[str, dict[str, Any]], latency_ms: float, seed: int, started_at: str) -> dict[str, Any]:
-    """Per-size figures, growth and targets; the headline keys come from medium (else the largest size)."""
+def collect(
+    sizes: dict[str, dict[str, Any]],
+    latency_ms: float,
+    seed: int,
+    started_at: str,
+    machine: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Per-size figures, growth and targets; the headline keys come from medium (else the largest size).
+    ``machine`` is ``benchmarks.machine.describe()``'s, None where not measured (results kept from before)."""
     primary = "medium" if "medium" in sizes else list(sizes)[-1]
     main = sizes[primary]
     return {
@@ -37,10 +47,11 @@ def collect(sizes: dict[str, dict[str, Any]], latency_ms: float, seed: int, star
         "latency_ms": latency_ms,
         "seed": seed,
         "primary_size": primary,
+        "machine": machine,
         "full_sync_bound_ratio": main["full_sync"]["bound_ratio"],
         "incremental_calls_ratio": main["incremental_sync"]["calls_ratio"],
         "push_calls_ratio": main["push"]["calls_ratio"],
-        "targets": targets(sizes, primary),
+        "targets": targets(sizes, primary, machine),
         "growth": growth(sizes),
         "sizes": sizes,
     }
@@ -69,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.report_only:
         kept = json.loads((args.out / "latest.json").read_text(encoding="utf-8"))
-        result = collect(kept["sizes"], kept["latency_ms"], kept["seed"], kept["started_at"])
+        result = collect(kept["sizes"], kept["latency_ms"], kept["seed"], kept["started_at"], kept.get("machine"))
         write(result, args.out)
         print(markdown(result))
         return 0
@@ -81,13 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not names:
         parser.error(f"--sizes: expected some of {', '.join(SIZES)}, got {args.sizes!r}")
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    print("bench: machine reference ...", file=sys.stderr, flush=True)
+    machine = describe()  # in this process, before any size's child or sandbox runs
+    print(f"bench: machine reference {machine['reference_cpu_s']} s of CPU", file=sys.stderr, flush=True)
     sizes: dict[str, dict[str, Any]] = {}
     for size in sorted(names, key=SIZES.index):
         print(f"bench: {size} at {args.latency_ms:g} ms ...", file=sys.stderr, flush=True)
         sizes[size] = run_in_child(size, args.latency_ms, args.seed)
         full = sizes[size]["full_sync"]
         print(f"bench: {size}: full sync {full['wall_s']} s (bound {full['bound_s']} s)", file=sys.stderr, flush=True)
-    result = collect(sizes, args.latency_ms, args.seed, started_at)
+    result = collect(sizes, args.latency_ms, args.seed, started_at, machine)
     write(result, args.out)
     print(markdown(result))
     return 0
