@@ -255,6 +255,7 @@ def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_
             # Seconds per source's pull (concurrent) and what the run spent after the slowest (unify, save).
             "split": {
                 "pull_s_by_api": pulls,
+                "pulled_in_child": sorted(name for name, source in report.sources.items() if source.in_child),
                 "after_pull_s": round(report.seconds - max(pulls.values(), default=0.0), 3),
             },
         }

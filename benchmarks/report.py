@@ -47,6 +47,17 @@ def _reference(machine: dict[str, Any] | None) -> str:
     return f"{machine['reference_cpu_s']} s of CPU for the fixed workload of benchmarks/machine.py"
 
 
+def _lock_waits(api: str, in_child: list[str] | None) -> str:
+    """Whose interpreter lock the slowest pull waited for: the other pulls', or, pulled by the unify
+    child (``ACCORD_PULL_IN_CHILD``), only its own threads' (and cores shared with the others)."""
+    if in_child and api in in_child:
+        return (
+            "waits for its own threads' interpreter lock in the unify child that pulled it, on cores the "
+            "other pulls and the sandbox share"
+        )
+    return "waits for the interpreter lock the other pulls hold"
+
+
 def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
     """What the wall is made of: the slowest API's pull against its own bound (its requests follow one
     another, page token after page token, ``concurrency`` chains at a time), the wall after the pull,
@@ -63,7 +74,7 @@ def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> s
             f". The slowest pull, {slowest}'s, took {took} s, {round(took / bound, 2)}x its own bound of {bound} s: "
             f"its requests follow one another within each of its concurrent chains, so each took about "
             f"{round(took / bound, 2)}x the latency (the sandbox's answer, the client's HTTP stack and JSON, and "
-            f"waits for the interpreter lock the other pulls hold); then {full.get('after_pull_s', 'n/a')} s "
+            f"{_lock_waits(slowest, full.get('pulled_in_child'))}); then {full.get('after_pull_s', 'n/a')} s "
             f"after the pull (unify in {full.get('unify_processes', 1)} processes)"
         )
     floor = full.get("floor")

@@ -50,10 +50,12 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
         # next sync knows it holds fewer engagements than unify_split_from and stays in one.
         figures = small["full_sync"]
         assert figures["unify_processes"] == 2 and figures["children_peak_rss_mb"] > 0
+        assert figures["pulled_in_child"] == ["jira"]  # the child pulled Jira meanwhile
         # The child's CPU (an interpreter's start-up and imports at least) is in the Accord CPU.
         assert 0.1 < figures["children_cpu_s"] < figures["cpu_s"]
         incremental = small["incremental_sync"]
         assert incremental["unify_processes"] == 1 and incremental["children_peak_rss_mb"] == 0.0
+        assert incremental["pulled_in_child"] == []
         assert incremental["children_cpu_s"] < 0.05
     # No unify children in a push (ctypes' find_library may run ldconfig: milliseconds).
     assert small["push"]["children_cpu_s"] < 0.05 and small["push"]["children_peak_rss_mb"] == 0.0
@@ -101,8 +103,9 @@ def test_report_only_recomputes_the_report_from_the_kept_figures(small: dict[str
     assert "full_sync_within_1.3x_bound" in (tmp_path / "latest.md").read_text()
 
 
-def _full(floor_wall_s: float) -> dict[str, Any]:
+def _full(floor_wall_s: float, in_child: list[str] | None = None) -> dict[str, Any]:
     return {
+        "pulled_in_child": in_child or [],
         "wall_s": 11.0,
         "bound_s": 6.4,
         "bound_ratio": 1.72,
@@ -129,6 +132,15 @@ def test_the_full_sync_why_names_the_slowest_chain_and_what_the_floor_says(floor
     assert "jira's, took 9.6 s, 1.5x its own bound of 6.4 s" in why
     assert "then 1.4 s after the pull (unify in 2 processes)" in why
     assert verdict in why
+
+
+@pytest.mark.parametrize("in_child", [True, False])
+def test_the_full_sync_why_says_whose_lock_the_slowest_pull_waited_for(in_child: bool) -> None:
+    sizes = _sizes(7.0)
+    sizes["medium"]["full_sync"] = _full(7.0, ["jira"] if in_child else [])
+    why = targets(sizes, "medium")["full_sync_within_1.3x_bound"]["why"]
+    assert ("its own threads' interpreter lock in the unify child that pulled it" in why) is in_child
+    assert ("waits for the interpreter lock the other pulls hold" in why) is not in_child
 
 
 MACHINE = {"reference_cpu_s": 1.234, "cores": 16, "cpu_model": "Test CPU @ 1.00GHz", "python": "3.11.7"}

@@ -158,7 +158,7 @@ def test_a_jira_error_in_the_child_reaches_the_sync_as_it_was(fresh: Sandbox, ma
     ],
 )
 def test_connector_errors_pickle_with_their_type_and_attributes(error: ConnectorError) -> None:
-    copy = pickle.loads(pickle.dumps(error))
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301  # pickled here
     assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
 
 
@@ -173,7 +173,7 @@ def test_an_error_keeps_the_cause_chain_the_explanation_reads(mapping: Mapping) 
     except ConfigError as exc:
         original = exc
     error, causes = portable(original)
-    failed = pickle.loads(pickle.dumps(Failed("line", "traceback", error, causes)))
+    failed = pickle.loads(pickle.dumps(Failed("line", "traceback", error, causes)))  # noqa: S301  # pickled here
     arrived = relinked(failed)
     assert type(arrived) is ConfigError and str(arrived) == str(original)
     context = FailureContext("sync", None, mapping)
