@@ -117,7 +117,10 @@ def _run_partition(
         try:
             result: dict[str, Any] = {"partition": partition, "partitions": partitions, "work": work}
             if work == "engagements":
-                summary, changes = unify_and_store(store, mapping, started, partition=partition, partitions=partitions)
+                # The org-wide counts do not depend on the partition: partition 0's run gives them.
+                summary, changes = unify_and_store(
+                    store, mapping, started, partition=partition, partitions=partitions, counts=partition == 0
+                )
                 _emit(changes)
                 create_markdown_artifact(
                     key=f"accord-partition-{partition}",
@@ -131,6 +134,9 @@ def _run_partition(
                     description=f"Accord engagements of partition {partition} of {partitions}",
                 )
                 result |= {"engagements": summary.engagements, "health": summary.health_counts()}
+                if partition == 0:
+                    result["meetings_internal"] = summary.meetings_internal
+                    result["issues_without_engagement"] = summary.issues_without_engagement
                 result["health_changes"] = len(changes)
             else:
                 report = push(store, settings, mapping, mapping_path, partition=partition, partitions=partitions)

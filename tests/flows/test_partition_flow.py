@@ -60,6 +60,10 @@ def test_partitions_together_store_what_one_run_stores(prefect_api: None, pulled
     summary, _ = unify_and_store(store, load_mapping(DEFAULT_MAPPING), datetime.now(UTC))
     single = _rows(store)
     assert set(single) == set(by_partition) and summary.engagements == len(single)
+    # The org-wide counts come from partition 0's run alone (the others do not compute them).
+    assert results[0]["meetings_internal"] == summary.meetings_internal > 0
+    assert results[0]["issues_without_engagement"] == summary.issues_without_engagement
+    assert all("meetings_internal" not in r for r in results[1:])
     assert {i: e["summary"]["client"] for i, e in single.items()} == {
         i: e["summary"]["client"] for i, e in by_partition.items()
     }
