@@ -111,9 +111,8 @@ class Clock:
             return None
         index = min(weeks - 1, int((t - start) / week))
         # (t - start) shrinks as now grows: its whole weeks drop by one when it falls below a whole
-        # number of weeks. (The int of that float quotient is its floor: both are integers of
-        # microseconds below 2**53 and the quotient is correctly rounded, never up to the next
-        # integer, for up to 26 weeks: tests/engagement/test_horizon.py checks every boundary.)
+        # number of weeks. (The int of that float quotient is its floor, even a tick below a whole
+        # number of weeks: tests/engagement/test_horizon.py checks the boundaries up to 26 weeks.)
         self.changes_at(_shifted(self.now, (t - start) % week + TICK))
         return index
 

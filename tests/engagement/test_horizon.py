@@ -411,14 +411,22 @@ def test_groups_give_the_horizons_of_everything() -> None:
 
 
 # -- the Clock itself --------------------------------------------------------------------------------
-@pytest.mark.parametrize("weeks", range(1, 27))
-def test_the_week_of_an_instant_is_the_floor_of_its_weeks(weeks: int) -> None:
-    """``int(x / week)`` (a float quotient) is ``x // week`` at every boundary unify can meet."""
+@pytest.mark.parametrize("weeks", [1, 2, 4, 13, 26])
+def test_the_week_of_an_instant_holds_until_it_moves_a_week_back(weeks: int) -> None:
+    """At every week boundary unify can meet (up to 26 weeks), and a tick either side: the answer is
+    unify's expression, ``int((t - start) / week)`` with a float quotient, and it changes exactly at
+    the horizon."""
     week = timedelta(weeks=1)
+    start = NOW - weeks * week
     for k in range(weeks + 1):
-        for x in (k * week - TICK, k * week, k * week + TICK):
-            if x >= timedelta(0):
-                assert int(x / week) == x // week
+        for t in (start + k * week - TICK, start + k * week, start + k * week + TICK, NOW + TICK):
+            clock = Clock(NOW)
+            index = clock.week_of(t, weeks)
+            assert index == (min(weeks - 1, int((t - start) / week)) if start <= t < NOW else None)
+            if clock.until is None:
+                assert index is None and t < start
+                continue
+            assert Clock(clock.until - TICK).week_of(t, weeks) == index != Clock(clock.until).week_of(t, weeks)
 
 
 @pytest.mark.parametrize(
