@@ -57,9 +57,19 @@ def _plural(n: int, word: str) -> str:
 def _checkin(meetings: Meetings, mapping: Mapping, clock: Clock) -> list[Reason]:
     cadence = mapping.health.checkin_cadence_days
     upcoming = meetings.next_client_meeting
-    if upcoming is not None and clock.due_within(upcoming.start, timedelta(days=cadence)):  # start - now <= cadence
-        return []
     last = meetings.last_client_meeting
+    # Nothing to say while the next meeting is soon or the last one recent. Each is asked of a clock
+    # of its own, so that only the change that ends the silence bounds how long it holds: once soon,
+    # the next meeting stays soon until it starts (which unify's meetings record); a recent meeting
+    # ends the silence when it stops being recent unless the next one is soon by then.
+    soon, recent = Clock(clock.now), Clock(clock.now)
+    if upcoming is not None and soon.due_within(upcoming.start, timedelta(days=cadence)):  # start - now <= cadence
+        return []
+    if last is not None and not recent.more_days_since(last.start, cadence):  # (now - last.start).days <= cadence
+        if soon.until is None or recent.until is None or recent.until < soon.until:
+            clock.changes_at(recent.until)
+        return []
+    clock.changes_at(soon.until)
     if last is None:
         return [
             Reason(
@@ -68,9 +78,7 @@ def _checkin(meetings: Meetings, mapping: Mapping, clock: Clock) -> list[Reason]
                 f"No client meeting on record and none scheduled in the next {cadence} days.",
             )
         ]
-    if not clock.more_days_since(last.start, cadence):  # (now - last.start).days <= cadence
-        return []
-    days = clock.days_since(last.start)
+    days = clock.days_since(last.start)  # more than cadence
     severity: Severity = "red" if days > 2 * cadence else "amber"
     scheduled = (
         f"the next is in {clock.days_until(upcoming.start)} days" if upcoming is not None else "none is scheduled"

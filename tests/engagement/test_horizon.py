@@ -363,6 +363,17 @@ def test_a_check_in_becomes_overdue_after_the_cadence() -> None:
     )
 
 
+def test_a_recent_check_in_then_one_soon_say_nothing_until_the_next_starts() -> None:
+    """The last meeting stays recent until now + 10 days, the next (now + 18 days) is soon from now + 4
+    days: no check-in reason until that meeting starts, and none of those instants is a horizon."""
+    upcoming = NOW + 18 * DAY
+    snap = snapshot_of(
+        opportunity(), events=[meeting(1, NOW - 5 * DAY, ("jane@client.com", "sam@client.com")), meeting(2, upcoming)]
+    )
+    assert horizon(snap, NOW) == upcoming
+    assert changes_at(snap, NOW, upcoming)
+
+
 def test_the_stage_changes_when_the_close_date_passes() -> None:
     mapping = mapping_with(close_rules=True)
     close = NOW.date() + timedelta(days=2)
