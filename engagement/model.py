@@ -185,6 +185,10 @@ class UnifiedView:
     issues_without_engagement: int = 0
     meetings_internal: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Engagement id -> the earliest instant after ``now`` at which unify over the same records could
+    # give that engagement otherwise (None: time alone never changes it); see engagement.horizon.
+    # Kept beside the engagements, not in them: an Engagement's JSON and digest stay as they are.
+    valid_until: dict[str, datetime | None] = field(default_factory=dict)
 
     def health_counts(self) -> dict[str, int]:
         counts = {"green": 0, "amber": 0, "red": 0}

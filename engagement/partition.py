@@ -281,6 +281,7 @@ def unify_all(
         ),
         issues_without_engagement=orphans,
         meetings_internal=internal,
+        valid_until=dict(sorted((item for v in views for item in v.valid_until.items()), key=lambda item: item[0])),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from engagement.health import assess_health, derive_stage
+from engagement.horizon import Clock
 from engagement.identity import IdentityIndex, IdentityMatch
 from engagement.mapping import Mapping
 from engagement.model import (
@@ -255,11 +256,10 @@ class _Unifier:
         return self.index.normalize(user.email) if user and user.email else None
 
     # -- per engagement ---------------------------------------------------------------------------
-    def progress(self, issues: list[WorkItem]) -> Progress:
+    def progress(self, issues: list[WorkItem], clock: Clock) -> Progress:
         thresholds = self.mapping.health
         blocked_statuses = {s.casefold() for s in self.mapping.jira.blocked_statuses}
         blocked_labels = {s.casefold() for s in self.mapping.jira.blocked_labels}
-        today = self.now.date()
         work = [i for i in issues if i.issue_type.casefold() != "epic"]
         by_category = {"new": 0, "indeterminate": 0, "done": 0}
         overdue = blocked = unassigned = 0
@@ -270,9 +270,9 @@ class _Unifier:
             by_category[category] += 1
             if category == "done":
                 continue
-            if issue.due_date is not None and issue.due_date < today:
+            if issue.due_date is not None and clock.date_passed(issue.due_date):  # due_date < today
                 overdue += 1
-                days = (today - issue.due_date).days
+                days = clock.days_since_date(issue.due_date)  # (today - due_date).days
                 if oldest is None or days > oldest or (days == oldest and issue.key < (oldest_key or "")):
                     oldest, oldest_key = days, issue.key
             if issue.status.casefold() in blocked_statuses or blocked_labels & {
@@ -283,10 +283,11 @@ class _Unifier:
                 unassigned += 1
         weeks = thresholds.throughput_weeks
         throughput = [0] * weeks
-        start = self.now - timedelta(weeks=weeks)
         for issue in work:
-            if issue.status_category == "done" and issue.resolved is not None and start <= issue.resolved < self.now:
-                throughput[min(weeks - 1, int((issue.resolved - start) / timedelta(weeks=1)))] += 1
+            if issue.status_category == "done" and issue.resolved is not None:
+                week = clock.week_of(issue.resolved, weeks)  # now - weeks <= resolved < now: which week
+                if week is not None:
+                    throughput[week] += 1
         total = len(work)
         return Progress(
             total=total,
@@ -300,14 +301,16 @@ class _Unifier:
             oldest_overdue_key=oldest_key,
         )
 
-    def meetings(self, attributions: list[_Attribution]) -> Meetings:
+    def meetings(self, attributions: list[_Attribution], clock: Clock) -> Meetings:
         def ref(a: _Attribution) -> MeetingRef:
             e = a.event
             return MeetingRef(e.id, e.summary, e.start, e.end, len(a.matches))
 
-        past = [a for a in attributions if a.event.start <= self.now]
-        future = [a for a in attributions if a.event.start > self.now]
-        recent = [a.event.start for a in past if a.event.start >= self.now - timedelta(days=90)]
+        past: list[_Attribution] = []
+        future: list[_Attribution] = []
+        for a in attributions:
+            (past if clock.passed(a.event.start) else future).append(a)  # start <= now
+        recent = [a.event.start for a in past if clock.within(a.event.start, timedelta(days=90))]  # start >= now - 90d
         gaps = [(b - a).total_seconds() / 86400 for a, b in itertools.pairwise(recent)]
         return Meetings(
             last_client_meeting=ref(past[-1]) if past else None,
@@ -317,14 +320,16 @@ class _Unifier:
             scheduled=len(future),
         )
 
-    def stakeholders(self, opportunity: Opportunity, attributions: list[_Attribution]) -> tuple[Stakeholder, ...]:
+    def stakeholders(
+        self, opportunity: Opportunity, attributions: list[_Attribution], clock: Clock
+    ) -> tuple[Stakeholder, ...]:
         quiet = timedelta(days=self.mapping.health.stakeholder_quiet_days)
         touches: dict[str, datetime] = {}
         attendees: dict[str, IdentityMatch] = {}
         for a in attributions:
             for match, response in a.matches:
                 attendees.setdefault(match.email, match)
-                if a.event.start <= self.now and response != "declined":
+                if response != "declined" and clock.passed(a.event.start):
                     previous = touches.get(match.email)
                     if previous is None or a.event.start > previous:
                         touches[match.email] = a.event.start
@@ -344,7 +349,7 @@ class _Unifier:
                 role=role.role,
                 primary=role.primary,
                 last_touch=last,
-                engaged=last is not None and self.now - last <= quiet,
+                engaged=last is not None and clock.within(last, quiet),  # now - last <= quiet
                 confidence="exact",
             )
         for email, match in sorted(attendees.items()):
@@ -359,7 +364,7 @@ class _Unifier:
                 role=None,
                 primary=False,
                 last_touch=last,
-                engaged=last is not None and self.now - last <= quiet,
+                engaged=last is not None and clock.within(last, quiet),
                 confidence="exact" if match.kind == "contact" else "domain",
             )
         return tuple(
@@ -376,7 +381,7 @@ class _Unifier:
         )
 
     def activity(
-        self, opportunity: Opportunity, issues: list[WorkItem], attributions: list[_Attribution]
+        self, opportunity: Opportunity, issues: list[WorkItem], attributions: list[_Attribution], clock: Clock
     ) -> tuple[Activity, ...]:
         items = [
             Activity(
@@ -388,14 +393,14 @@ class _Unifier:
             )
         ]
         for a in attributions:
-            if a.event.start <= self.now:
+            if clock.passed(a.event.start):
                 items.append(Activity(a.event.start, "google_calendar", "meeting", a.event.id, a.event.summary))
         for issue in issues:
             if issue.resolved is not None and issue.status_category == "done":
                 items.append(Activity(issue.resolved, "jira", "issue_done", issue.key, issue.summary))
             if issue.created is not None:
                 items.append(Activity(issue.created, "jira", "issue_created", issue.key, issue.summary))
-        items = [i for i in items if i.at <= self.now]
+        items = [i for i in items if clock.passed(i.at)]
         items.sort(key=lambda i: (i.at, i.source, i.kind, i.ref), reverse=True)
         return tuple(items[:ACTIVITY_LIMIT])
 
@@ -406,16 +411,18 @@ class _Unifier:
         attributed, ambiguous, internal = self.attribute_meetings()
         linked_projects = {p for p in self.project.values() if p}  # of every engagement, not only these
         engagements = []
+        valid_until: dict[str, datetime | None] = {}
         unknown: dict[str, _UnknownAccumulator] = {}
         for opportunity in self.opportunities:
             project = self.project[opportunity.id]
             issues = issues_by_project.get(project, []) if project else []
             attributions = attributed.get(opportunity.id, [])
-            progress = self.progress(issues)
-            meetings = self.meetings(attributions)
-            stakeholders = self.stakeholders(opportunity, attributions)
-            stage = derive_stage(opportunity, progress, self.mapping, self.now)
-            health = assess_health(stage, opportunity, progress, meetings, stakeholders, self.mapping, self.now)
+            clock = Clock(self.now)  # every comparison with now of this engagement goes through it
+            progress = self.progress(issues, clock)
+            meetings = self.meetings(attributions, clock)
+            stakeholders = self.stakeholders(opportunity, attributions, clock)
+            stage = derive_stage(opportunity, progress, self.mapping, clock)
+            health = assess_health(stage, opportunity, progress, meetings, stakeholders, self.mapping, clock)
             account = self.accounts.get(opportunity.account_id or "")
             owner = self.users.get(opportunity.owner_id or "")
             engagements.append(
@@ -432,10 +439,11 @@ class _Unifier:
                     stakeholders=stakeholders,
                     progress=progress,
                     meetings=meetings,
-                    activity=self.activity(opportunity, issues, attributions),
+                    activity=self.activity(opportunity, issues, attributions, clock),
                     health=health,
                 )
             )
+            valid_until[opportunity.id] = clock.until
             for s in stakeholders:
                 if s.contact_id is None and s.email:
                     entry = unknown.setdefault(s.email, _UnknownAccumulator(opportunity.account_id or ""))
@@ -465,6 +473,7 @@ class _Unifier:
             ambiguous_meetings=tuple(sorted(ambiguous, key=lambda a: (a.start, a.event_id, a.calendar))),
             issues_without_engagement=orphan_issues,
             meetings_internal=internal,
+            valid_until=valid_until,
         )
 
 
