@@ -359,7 +359,7 @@ def unify_and_store(
     summary = ViewSummary()
     changes: list[HealthChange] = []
     for _, view in unify_groups(store, mapping, now, partition=partition, partitions=partitions, directory=directory):
-        changes += store.save_engagements(view.engagements, now)
+        changes += store.save_engagements(view.engagements, now, view.valid_until)
         summary.add(view)
     live = {o.id for o in directory.opportunities}
     changes += store.drop_engagements_except(live, lambda client: partition_of(client, partitions) == partition)

@@ -85,6 +85,9 @@ engagements = Table(
     Column("digest", String(64), nullable=False),
     Column("payload", JsonType, nullable=False),
     Column("updated_at", String(32), nullable=False),
+    # Until when the engagement holds with no new records (``UnifiedView.valid_until``, engagement.horizon):
+    # a UTC stamp, "never" (time alone never changes it), or NULL (not known: saved without one).
+    Column("valid_until", String(32), nullable=True),
 )
 
 sync_runs = Table(

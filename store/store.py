@@ -12,6 +12,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +139,21 @@ def engagement_digest(engagement: Engagement) -> str:
     except TypeError:  # orjson.JSONEncodeError: a value it has no form for (never seen; kept safe)
         return _digest({"summary": engagement.summary_json(), "detail": engagement.to_json()})
     return hashlib.sha256(text).hexdigest()
+
+
+NEVER = "never"  # the stored horizon of an engagement that time alone never changes
+UNKNOWN_HORIZON = object()  # an engagement the view has no horizon for
+
+
+def horizon_text(horizon: datetime | object | None) -> str | None:
+    """An engagement's ``valid_until`` as stored: its UTC stamp in milliseconds (cut down, never up:
+    at worst recomputed a moment early), ``NEVER`` for None, NULL for ``UNKNOWN_HORIZON``."""
+    if horizon is UNKNOWN_HORIZON:
+        return None
+    if horizon is None:
+        return NEVER
+    assert isinstance(horizon, datetime)
+    return iso(horizon.astimezone(UTC))
 
 
 def json_text(value: Any) -> str:
@@ -272,9 +288,10 @@ class Store:
         """Create missing tables; bring a store made by an earlier version up to date."""
         metadata.create_all(self.engine)
         columns = {c["name"] for c in inspect(self.engine).get_columns("engagements")}
-        if "client_id" not in columns:
-            with self.engine.begin() as conn:
-                conn.execute(text("ALTER TABLE engagements ADD COLUMN client_id VARCHAR(255)"))
+        for column, kind in (("client_id", "VARCHAR(255)"), ("valid_until", "VARCHAR(32)")):
+            if column not in columns:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE engagements ADD COLUMN {column} {kind}"))
         claims = {c["name"] for c in inspect(self.engine).get_columns("outbox")}
         added = (("claimed_by", "VARCHAR(255)"), ("claimed_until", "VARCHAR(32)"), ("batch", "VARCHAR(320)"))
         for column, kind in added:
@@ -734,27 +751,40 @@ class Store:
     # -- engagements -------------------------------------------------------------------------------
     def save_view(self, view: UnifiedView, computed_at: datetime) -> list[HealthChange]:
         """Store all engagements of ``view`` and drop the stored ones it does not have."""
-        changes = self.save_engagements(view.engagements, computed_at)
+        changes = self.save_engagements(view.engagements, computed_at, view.valid_until)
         return changes + self.drop_engagements_except({e.id for e in view.engagements})
 
-    def save_engagements(self, group: Sequence[Engagement], computed_at: datetime) -> list[HealthChange]:
-        """Store the engagements of one group (only those that changed). Returns the health
-        transitions, for events and notifications."""
+    def save_engagements(
+        self,
+        group: Sequence[Engagement],
+        computed_at: datetime,
+        valid_until: MappingType[str, datetime | None] | None = None,
+    ) -> list[HealthChange]:
+        """Store the engagements of one group (only those that changed) and, from ``valid_until``
+        (``UnifiedView.valid_until``), until when each holds, also where it did not change (a later
+        computation may see a later horizon). Returns the health transitions, for events and
+        notifications. Without ``valid_until``, the horizons written are unknown (NULL)."""
         changes: list[HealthChange] = []
         stamp = iso(computed_at)
         ids = [e.id for e in group]
+        horizons = (
+            {i: horizon_text(valid_until.get(i, UNKNOWN_HORIZON)) for i in ids} if valid_until is not None else {}
+        )
         with self.engine.begin() as conn:
-            before: dict[str, tuple[str, str]] = {}
+            before: dict[str, tuple[str, str, str | None]] = {}
             for start in range(0, len(ids), BATCH_LOOKUP):
-                query = select(engagements.c.id, engagements.c.digest, engagements.c.health).where(
-                    engagements.c.id.in_(padded(ids[start : start + BATCH_LOOKUP]))
-                )
-                before.update((row.id, (row.digest, row.health)) for row in conn.execute(query))
+                query = select(
+                    engagements.c.id, engagements.c.digest, engagements.c.health, engagements.c.valid_until
+                ).where(engagements.c.id.in_(padded(ids[start : start + BATCH_LOOKUP])))
+                before.update((row.id, (row.digest, row.health, row.valid_until)) for row in conn.execute(query))
             rows = []
+            moved: list[dict[str, Any]] = []  # unchanged engagements whose horizon is not the stored one
             for e in group:
                 digest = engagement_digest(e)
                 previous = before.get(e.id)
                 if previous is not None and previous[0] == digest:
+                    if e.id in horizons and previous[2] != horizons[e.id]:
+                        moved.append({"key": e.id, "horizon": horizons[e.id]})
                     continue
                 payload = {"summary": e.summary_json(), "detail": e.to_json()}
                 if previous is None or previous[1] != e.health.level:
@@ -779,19 +809,38 @@ class Store:
                         "digest": digest,
                         "payload": payload,
                         "updated_at": stamp,
+                        "valid_until": horizons.get(e.id),
                     }
                 )
             if rows:
                 statement = self._insert()(engagements)
+                written = ("name", "client", "client_id", "health", "stage", "digest", "payload", "updated_at")
                 statement = statement.on_conflict_do_update(
                     index_elements=[engagements.c.id],
-                    set_={
-                        c: statement.excluded[c]
-                        for c in ("name", "client", "client_id", "health", "stage", "digest", "payload", "updated_at")
-                    },
+                    set_={c: statement.excluded[c] for c in (*written, "valid_until")},
                 )
                 conn.execute(statement, rows)
+            if moved:
+                conn.execute(
+                    update(engagements)
+                    .where(engagements.c.id == bindparam("key"))
+                    .values(valid_until=bindparam("horizon")),
+                    moved,
+                )
         return changes
+
+    def engagements_due(self, now: datetime) -> dict[str, str | None]:
+        """Stored engagements that may no longer be what their records give at ``now`` with no new
+        records, id to client: their horizon has passed, or is not known (NULL: saved without one)."""
+        stamp = iso(now)
+        due = engagements.c.valid_until.is_(None) | (
+            (engagements.c.valid_until != NEVER) & (engagements.c.valid_until <= stamp)
+        )
+        with self.engine.connect() as conn:
+            return {
+                row.id: row.client_id
+                for row in conn.execute(select(engagements.c.id, engagements.c.client_id).where(due))
+            }
 
     def drop_engagements_except(
         self, live: set[str], in_partition: Callable[[str | None], bool] | None = None
