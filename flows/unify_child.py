@@ -96,6 +96,11 @@ class RemoteCause(Exception):
 CAUSES_KEPT = 5
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def portable(exc: BaseException) -> tuple[BaseException, tuple[BaseException, ...]]:
     """``exc`` as it pickles and comes back the same (type and message), else a ``RemoteError``
     naming its type; and its cause chain as ``RemoteCause``s (pickling drops ``__cause__``)."""
@@ -103,17 +108,15 @@ def portable(exc: BaseException) -> tuple[BaseException, tuple[BaseException, ..
         copy = pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301  # made here
         if type(copy) is not type(exc) or str(copy) != str(exc):
             raise TypeError("changed in a pickle round trip")
-    except Exception:
-        copy = RemoteError(f"{type(exc).__name__}: {exc}")
+    except Exception:  # its first line only, as a run's error shows it (no SQL, no parameters)
+        copy = RemoteError(_first_line(exc))
     causes: list[BaseException] = []
     seen = {id(exc)}
     current = exc.__cause__ or exc.__context__
     while current is not None and id(current) not in seen and len(causes) < CAUSES_KEPT:
         seen.add(id(current))
         text = getattr(current, "text", None)
-        lines = str(current).strip().splitlines()
-        line = f"{type(current).__name__}: {lines[0] if lines else ''}"
-        causes.append(RemoteCause(line, text if isinstance(text, str) else None))
+        causes.append(RemoteCause(_first_line(current), text if isinstance(text, str) else None))
         current = current.__cause__ or current.__context__
     return copy, tuple(causes)
 

@@ -185,8 +185,8 @@ def test_an_error_that_does_not_pickle_arrives_as_its_type_and_message() -> None
     class Local(Exception):  # not importable by name: cannot be unpickled
         pass
 
-    error, causes = portable(Local("the detail"))
-    assert type(error) is RemoteError and str(error) == "Local: the detail" and causes == ()
+    error, causes = portable(Local("the detail\nUPDATE records SET data = ... (a statement and its parameters)"))
+    assert type(error) is RemoteError and str(error) == "Local: the detail" and causes == ()  # its first line
 
 
 def test_the_childs_log_records_are_logged_by_the_sync(
