@@ -424,24 +424,31 @@ def warm_unify_child(url: str, pulls: tuple[str, ...] = ()) -> int:
     return os.getpid()
 
 
-def pull_in_child(url: str, request: Pull) -> SourceReport:
-    """A source's pull in a unify child, into a store of its own opened from ``url``, with the memory
-    and garbage-collector settings of the sync; its errors go back as they are (``portable``)."""
+@contextmanager
+def child_store(url: str) -> Iterator[Store]:
+    """A store of a unify child's own, opened from ``url``, with the memory and garbage-collector
+    settings of the sync, for one request."""
     limit_malloc_arenas()
     store = Store(url)
     try:
         with fewer_collections():
-            report = pull_source(
-                request.source,
-                request.settings,
-                request.mapping,
-                store,
-                upper=request.upper,
-                full=request.full,
-                reconcile=request.reconcile,
-            )
+            yield store
     finally:
         store.dispose()
+
+
+def pull_in_child(url: str, request: Pull) -> SourceReport:
+    """A source's pull in a unify child; its errors go back as they are (``portable``)."""
+    with child_store(url) as store:
+        report = pull_source(
+            request.source,
+            request.settings,
+            request.mapping,
+            store,
+            upper=request.upper,
+            full=request.full,
+            reconcile=request.reconcile,
+        )
     report.in_child = True
     return report
 
@@ -451,16 +458,11 @@ def unify_partition_in_child(
 ) -> PartitionResult:
     """One partition's unify in a child process, on a store of its own opened from ``url``, with the
     memory and garbage-collector settings of the sync; the org-wide counts are the parent's."""
-    limit_malloc_arenas()
     clock, cpu = time.perf_counter(), time.process_time()
-    store = Store(url)
-    try:
-        with fewer_collections():
-            summary, changes = unify_and_store(
-                store, mapping, now, partition=partition, partitions=partitions, counts=False
-            )
-    finally:
-        store.dispose()
+    with child_store(url) as store:
+        summary, changes = unify_and_store(
+            store, mapping, now, partition=partition, partitions=partitions, counts=False
+        )
     figures = PartitionFigures(
         partition,
         wall_s=round(time.perf_counter() - clock, 3),
@@ -693,6 +695,28 @@ class UnifyPool:
 
 # Starts the pull of every source and returns, per source, a function that waits for its report.
 PullAll = Callable[[tuple[str, ...], datetime, bool, "bool | None"], dict[str, Callable[[], SourceReport]]]
+
+
+def keeping_errors(pull_all: PullAll, errors: dict[str, BaseException]) -> PullAll:
+    """``pull_all`` whose waits keep each failed source's exception in ``errors`` before raising it:
+    ``run_sync`` reports a failed source as a line, its caller explains the exception itself."""
+
+    def keeping(source: str, wait: Callable[[], SourceReport]) -> Callable[[], SourceReport]:
+        def result() -> SourceReport:
+            try:
+                return wait()
+            except Exception as exc:
+                errors[source] = exc
+                raise
+
+        return result
+
+    def kept(
+        sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
+    ) -> dict[str, Callable[[], SourceReport]]:
+        return {s: keeping(s, wait) for s, wait in pull_all(sources, upper, full, reconcile).items()}
+
+    return kept
 
 
 def threaded_pull_all(settings: AccordSettings, mapping: Mapping, store: Store) -> PullAll:

@@ -17,7 +17,7 @@ from prefect.events import emit_event
 from accord.settings import AccordSettings, load_settings
 from engagement.mapping import Mapping, load_mapping
 from flows.budget import budget_throttles
-from flows.engine import SourceReport, SyncReport, pull_source, run_sync
+from flows.engine import SourceReport, SyncReport, keeping_errors, pull_source, run_sync
 from flows.failures import FailureContext, OpsMessage, explain, publish
 from flows.report import sync_markdown
 from store import Store
@@ -127,28 +127,19 @@ def run_sync_flow(
     context = context or FailureContext("sync", settings, mapping, str(settings.mapping))
     errors: dict[str, BaseException] = {}  # what stopped each failed source, for its explanation
 
-    def keeping_error(source: str, wait: Callable[[], SourceReport]) -> Callable[[], SourceReport]:
-        def result() -> SourceReport:
-            try:
-                return wait()
-            except Exception as exc:
-                errors[source] = exc
-                raise
-
-        return result
-
     def pull_all(
         sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
     ) -> dict[str, Callable[[], SourceReport]]:
         futures = {s: pull_task.submit(s, settings, mapping, settings.database_url, upper, full) for s in sources}
-        return {s: keeping_error(s, f.result) for s, f in futures.items()}
+        return {s: f.result for s, f in futures.items()}
 
     try:
         with budget_throttles(settings):
             store = Store(settings.database_url)
             try:
                 store.create_all()
-                report = run_sync(settings, mapping, store, full=full, pull_all=pull_all, unify=partitions <= 0)
+                pulls = keeping_errors(pull_all, errors)
+                report = run_sync(settings, mapping, store, full=full, pull_all=pulls, unify=partitions <= 0)
             finally:
                 store.dispose()
     except Exception as exc:

@@ -151,7 +151,9 @@ class ForwardHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-            exc_text = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else None)
+            exc_text = record.exc_text or (
+                logging.Formatter().formatException(record.exc_info) if record.exc_info else None
+            )
             plain = logging.makeLogRecord(
                 {
                     "name": record.name,
@@ -178,10 +180,6 @@ class ForwardHandler(logging.Handler):
             send(self.stream, LogLine(plain))
         except Exception:
             self.handleError(record)
-
-    @staticmethod
-    def formatException(exc_info: Any) -> str:
-        return logging.Formatter().formatException(exc_info)
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ from flows.failures import (
 from flows.push_engine import FAILURES_KEPT, TargetReport, push
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
-from tests.sandbox_settings import settings_for
+from tests.sandbox_settings import reset_sandbox, settings_for
 
 TEMPLATES = DEFAULT_MAPPING.parent / "templates"
 
@@ -47,9 +47,7 @@ def sandbox() -> Iterator[Sandbox]:
 def fresh(sandbox: Sandbox) -> Iterator[Sandbox]:
     """The module's sandbox, with its faults and credentials put back after the test."""
     yield sandbox
-    for app in sandbox.apps.values():
-        app.faults.reset()
-    sandbox.apps["jira"].restore_credentials()  # type: ignore[attr-defined]  # JiraApp's own, not ApiApp's
+    reset_sandbox(sandbox)
 
 
 def _mapping_file(tmp_path: Path, *replacements: tuple[str, str]) -> Path:

@@ -11,8 +11,8 @@ import os
 import pickle
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,15 @@ from connectors.errors import AuthError, ConfigError, ConnectorError, QuotaExhau
 from connectors.google_calendar.errors import FullSyncRequiredError
 from connectors.retry import set_throttle
 from engagement.mapping import Mapping, load_mapping
-from flows.engine import PullAll, SourceReport, UnifyFailedError, run_sync, threaded_pull_all
+from flows.engine import UnifyFailedError, keeping_errors, run_sync, threaded_pull_all
 from flows.failures import FailureContext, explain
 from flows.unify_child import Failed, RemoteError, portable, relinked
 from sandbox.app import Sandbox, SandboxOptions
+from sandbox.http import Request, Response
+from sandbox.jira.app import JiraApp
 from store import Store
 from store.schema import cursors, engagements, records
-from tests.sandbox_settings import settings_for
+from tests.sandbox_settings import jira_app, reset_sandbox, settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -47,9 +49,7 @@ def sandbox() -> Iterator[Sandbox]:
 def fresh(sandbox: Sandbox) -> Iterator[Sandbox]:
     """The module's sandbox, its faults and credentials put back after the test."""
     yield sandbox
-    for app in sandbox.apps.values():
-        app.faults.reset()
-    sandbox.apps["jira"].restore_credentials()  # type: ignore[attr-defined]  # JiraApp's own
+    reset_sandbox(sandbox)
 
 
 @pytest.fixture(scope="module")
@@ -79,30 +79,6 @@ def _stored(store: Store) -> dict[str, Any]:
         }
 
 
-def _capturing(settings: AccordSettings, mapping: Mapping, store: Store, errors: dict[str, BaseException]) -> PullAll:
-    """The plain threaded pull, keeping each failed source's exception (as the flow does for ``explain``)."""
-    inner = threaded_pull_all(settings, mapping, store)
-
-    def pull_all(
-        sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
-    ) -> dict[str, Callable[[], SourceReport]]:
-        waits = inner(sources, upper, full, reconcile)
-
-        def keeping(source: str, wait: Callable[[], SourceReport]) -> Callable[[], SourceReport]:
-            def result() -> SourceReport:
-                try:
-                    return wait()
-                except Exception as exc:
-                    errors[source] = exc
-                    raise
-
-            return result
-
-        return {s: keeping(s, w) for s, w in waits.items()}
-
-    return pull_all
-
-
 def test_jira_pulled_in_the_child_stores_what_the_sync_process_stores(
     sandbox: Sandbox, mapping: Mapping, store_factory: Callable[[], Store]
 ) -> None:
@@ -129,16 +105,15 @@ def test_a_jira_error_in_the_child_reaches_the_sync_as_it_was(fresh: Sandbox, ma
     for in_child in ("", "jira"):
         store = Store(f"sqlite:///{tmp_path / f'auth-{in_child}.sqlite'}")
         store.create_all()
-        fresh.apps["jira"].expire_credentials()  # type: ignore[attr-defined]
+        jira_app(fresh).expire_credentials()
         errors: dict[str, BaseException] = {}
         settings = _settings(fresh, store.url, in_child)
+        pulls = keeping_errors(threaded_pull_all(settings, mapping, store), errors)  # as the flow keeps them
         try:
-            report = run_sync(
-                settings, mapping, store, full=True, now=NOW, pull_all=_capturing(settings, mapping, store, errors)
-            )
+            report = run_sync(settings, mapping, store, full=True, now=NOW, pull_all=pulls)
         finally:
             store.dispose()
-            fresh.apps["jira"].restore_credentials()  # type: ignore[attr-defined]
+            jira_app(fresh).restore_credentials()
         error = errors["jira"]
         assert type(error) is AuthError and error.source == "jira" and error.status == 401
         assert report.sources["jira"].error == f"AuthError: {error}"
@@ -241,7 +216,46 @@ def _jira_records(store: Store) -> int:
         return int(conn.execute(select(func.count()).select_from(records).where(where)).scalar_one())
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the child through /proc (Linux)")
+class SearchGate:
+    """Jira's issue search answers its first request and holds every later one until the gate is
+    left: ``held`` is set when one is held, so a pull is known to be under way, not finished."""
+
+    def __init__(self, app: JiraApp) -> None:
+        self.app = app
+        self.held = threading.Event()
+        self._release = threading.Event()
+        self._answered = 0
+        self._lock = threading.Lock()
+        self._routes = list(app.routes)
+
+    def __enter__(self) -> SearchGate:
+        self.app.routes[:] = [
+            replace(r, handler=self._gated(r.handler)) if r.name == "search_jql" else r for r in self._routes
+        ]
+        return self
+
+    def _gated(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        def gated(request: Request) -> Response:
+            with self._lock:
+                first = self._answered == 0
+                self._answered += 1
+            if not first:
+                self.held.set()
+                self._release.wait(timeout=120)
+            return handler(request)
+
+        return gated
+
+    def __exit__(self, *_: object) -> None:
+        self.app.routes[:] = self._routes
+        self._release.set()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(),
+    reason="Linux only: the unify child is found among this process's children through /proc, and children "
+    "die with the sync's process (PR_SET_PDEATHSIG) only on Linux",
+)
 def test_a_child_killed_during_its_pull_fails_the_run_and_the_next_run_continues(
     fresh: Sandbox, mapping: Mapping, tmp_path: Path
 ) -> None:
@@ -252,7 +266,6 @@ def test_a_child_killed_during_its_pull_fails_the_run_and_the_next_run_continues
     store = Store(f"sqlite:///{tmp_path / 'killed.sqlite'}")
     store.create_all()
     settings = _settings(fresh, store.url, "jira")
-    fresh.apps["jira"].faults.configure(latency_ms=150.0)  # pages come slowly: the kill lands mid-pull
     outcome: dict[str, BaseException] = {}
 
     def sync() -> None:
@@ -261,23 +274,21 @@ def test_a_child_killed_during_its_pull_fails_the_run_and_the_next_run_continues
         except BaseException as exc:
             outcome["error"] = exc
 
-    worker = threading.Thread(target=sync)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while _jira_records(store) == 0 and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling the store for the child's first stored page
-    child = _unify_child_of_this_process()
-    assert child is not None and worker.is_alive(), "the pull ended before the child could be killed"
-    os.kill(child, signal.SIGKILL)
-    worker.join(timeout=120)
-    fresh.apps["jira"].faults.reset()
+    with SearchGate(jira_app(fresh)) as gate:
+        worker = threading.Thread(target=sync)
+        worker.start()
+        assert gate.held.wait(timeout=120), "the child's Jira pull never asked for a second page"
+        child = _unify_child_of_this_process()
+        assert child is not None and worker.is_alive()
+        os.kill(child, signal.SIGKILL)  # with a search held: mid-pull
+        worker.join(timeout=120)
     assert isinstance(outcome.get("error"), UnifyFailedError)
     run = store.last_runs(1)[0]
     assert run["status"] == "failed"
     assert run["stats"]["sources"]["jira"]["error"].startswith(
         "PullProcessEndedError: jira: the child process pulling it"
     )
-    assert 0 < _jira_records(store) < _jira_records(reference)
+    assert _jira_records(store) < _jira_records(reference)  # the pull did not finish
 
     again = run_sync(settings, mapping, store, now=NOW)
     assert not again.failed and again.sources["jira"].in_child
