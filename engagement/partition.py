@@ -28,7 +28,9 @@ from engagement.identity import IdentityIndex, email_domain
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
 from engagement.records import (
+    EVERY_CLIENT,
     MEETING_MARK,
+    MEETINGS_WITH,
     UNFAITHFUL,
     CalendarEvent,
     Contact,
@@ -37,6 +39,7 @@ from engagement.records import (
     SourceRecord,
     WorkItem,
     account_key,
+    contact_touch_key,
     fit_key,
     opportunity_key,
     project_key,
@@ -103,10 +106,16 @@ def client_ids(directory: Directory) -> set[str]:
 
 
 def plan_groups(
-    directory: Directory, *, partition: int = 0, partitions: int = 1, group_size: int = GROUP_SIZE
+    directory: Directory,
+    *,
+    partition: int = 0,
+    partitions: int = 1,
+    group_size: int = GROUP_SIZE,
+    clients: set[str] | None = None,
 ) -> list[Group]:
     """The groups of one partition, in account order; every client of the partition is in one group
-    (clients without engagements too: a meeting with several clients is reported by one of them)."""
+    (clients without engagements too: a meeting with several clients is reported by one of them).
+    ``clients``: only those (``touched_clients``); None: all."""
     if partitions < 1 or not 0 <= partition < partitions:
         raise ValueError(f"partition {partition} of {partitions}: expected 0 <= partition < partitions")
     by_account: dict[str, list[Opportunity]] = defaultdict(list)
@@ -115,7 +124,7 @@ def plan_groups(
     groups: list[Group] = []
     current = Group()
     for account in sorted(client_ids(directory)):
-        if partition_of(account, partitions) != partition:
+        if partition_of(account, partitions) != partition or (clients is not None and account not in clients):
             continue
         current.accounts.append(account)
         current.opportunities.extend(by_account.get(account, []))
@@ -212,10 +221,13 @@ def unify_groups(
     partitions: int = 1,
     group_size: int = GROUP_SIZE,
     directory: Directory | None = None,
+    clients: set[str] | None = None,
 ) -> Iterator[tuple[Group, UnifiedView]]:
-    """Each group of the partition with its engagements (counts: see ``org_counts``)."""
+    """Each group of the partition with its engagements (counts: see ``org_counts``); ``clients``:
+    of those clients only (``touched_clients``), None: of all."""
     directory = directory or load_directory(source, mapping)
-    for group in plan_groups(directory, partition=partition, partitions=partitions, group_size=group_size):
+    planned = plan_groups(directory, partition=partition, partitions=partitions, group_size=group_size, clients=clients)
+    for group in planned:
         reference, issues, events = group_reference(source, directory, group)
         owned = set(group.accounts)
         view = unify_group(reference, group.opportunities, issues, events, mapping, now, _first_in(owned))
@@ -259,6 +271,94 @@ def _without_client(source: RecordSource, directory: Directory, meetings: list[l
     return sum(1 for attendees in meetings if not any(_client(index, a) for a in attendees))
 
 
+def group_counts(group: Group, view: UnifiedView) -> dict[str, tuple[int, int]]:
+    """Per client of ``group``: (unknown stakeholders, ambiguous meetings it reports), which add up to
+    the view's. An unknown stakeholder is matched by its client's domain, so it is that client's; a
+    meeting with several clients' attendees is reported by the first (``AmbiguousMeeting.candidates``
+    are those clients), one with several engagements of one client by that client (the candidates
+    are its engagements)."""
+    client_of = {o.id: o.account_id or "" for o in group.opportunities}
+    counts = {account: [0, 0] for account in group.accounts}
+    for unknown in view.unknown_stakeholders:
+        counts.setdefault(unknown.account_id, [0, 0])[0] += 1
+    for meeting in view.ambiguous_meetings:
+        first = meeting.candidates[0] if meeting.candidates else ""
+        counts.setdefault(client_of.get(first, first), [0, 0])[1] += 1
+    return {client: (u, a) for client, (u, a) in counts.items()}
+
+
+def touched_clients(
+    source: RecordSource, directory: Directory, keys: set[str], stored: dict[str, str | None]
+) -> set[str] | None:
+    """The clients whose engagements or counts may differ from the stored ones after the changes
+    ``keys`` name (``engagement.records.touch_keys`` of each changed record's stored and new
+    version); None: every client. ``stored``: engagement id -> client, as stored.
+
+    A superset, never fewer: ``a:`` that client; ``o:`` the Opportunity's client now and as stored;
+    ``p:`` the clients of the engagements linked to that project; ``c:`` the engagements whose contact
+    roles name that contact; an attendee's ``e:``/``s:`` (a changed meeting's, as it is and as it was)
+    every client the address could be: any contact with it (so also the client it resolved to before
+    a change: a changed contact's clients come as ``a:``) and the client that owns its domain (``d:``,
+    a changed account's come as ``a:``); ``MEETINGS_WITH`` a key: the stored meetings with it, and
+    every client any of their attendees could be. A user, or an address whose key does not reproduce
+    it (``u:``), touches every client. A meeting's other keys touch no client: whom it is attributed
+    to depends on itself and its attendees alone."""
+    if EVERY_CLIENT in keys or UNFAITHFUL in keys:
+        return None
+    base = directory.base
+    index = base.index
+    clients: set[str] = set()
+    opportunities: dict[str, list[str]] = defaultdict(list)  # opportunity id -> clients, now and as stored
+    for o in directory.opportunities:
+        opportunities[o.id].append(o.account_id or "")
+    for engagement, client in stored.items():
+        opportunities[engagement].append(client or "")
+    by_project: dict[str, list[str]] = defaultdict(list)
+    for o in directory.opportunities:
+        if project := base.project.get(o.id):
+            by_project[project_key(project)].append(o.account_id or "")
+    contacts: set[str] = set()
+    addresses: set[str] = set()
+    domains: set[str] = set()
+    meetings: set[str] = set()
+    for key in keys:
+        kind, value = key[:2], key[2:]
+        if kind == "a:":
+            clients.add(value)
+        elif kind == "o:":
+            clients.update(opportunities.get(value, ()))
+        elif kind == "p:":
+            clients.update(by_project.get(key, ()))
+        elif kind == "c:":
+            contacts.add(key)
+        elif kind in ("e:", "s:"):
+            addresses.add(index.normalize(value))
+        elif kind == "d:":
+            domains.add(value)
+        elif kind == MEETINGS_WITH:
+            meetings.add(value)
+    if contacts:
+        for record in source.iter_records("salesforce", "contact_roles"):
+            role = ContactRole.from_record(record)
+            if contact_touch_key(role.contact_id) in contacts:
+                clients.update(opportunities.get(role.opportunity_id, ()))
+    if meetings:
+        addresses.update(
+            index.normalize(a.email)
+            for r in source.records_by_keys("google_calendar", "events", meetings)
+            if (e := CalendarEvent.from_record(r)) is not None
+            for a in e.attendees
+        )
+    if addresses:
+        for record in source.records_by_keys("salesforce", "contacts", contact_keys(index, addresses)):
+            contact = Contact.from_record(record)
+            if contact.email and index.normalize(contact.email) in addresses:
+                clients.add(contact.account_id or "")
+        domains.update(email_domain(address) for address in addresses)
+    clients.update(owner for domain in domains if (owner := index.domains.get(domain)))
+    return clients
+
+
 def unify_all(
     source: RecordSource, mapping: Mapping, now: datetime, *, partitions: int = 1, group_size: int = GROUP_SIZE
 ) -> UnifiedView:
@@ -296,12 +396,14 @@ __all__ = [
     "Group",
     "RecordSource",
     "contact_keys",
+    "group_counts",
     "group_reference",
     "load_directory",
     "meeting_keys",
     "org_counts",
     "partition_of",
     "plan_groups",
+    "touched_clients",
     "unify_all",
     "unify_groups",
 ]

@@ -333,6 +333,64 @@ def reminder_engagement(key: str) -> str | None:
     return parts[1]
 
 
+# The streams unify reads (``engagement.partition``): a change anywhere else changes no engagement.
+UNIFY_STREAMS = frozenset(
+    {
+        ("salesforce", "accounts"),
+        ("salesforce", "users"),
+        ("salesforce", "opportunities"),
+        ("salesforce", "contacts"),
+        ("salesforce", "contact_roles"),
+        ("jira", "issues"),
+        ("google_calendar", "events"),
+    }
+)
+EVERY_CLIENT = "*"  # a touch key: every client's engagements may have changed
+MEETINGS_WITH = "q:"  # a touch key's prefix: the meetings with the lookup key that follows, and their clients
+
+
+def contact_touch_key(contact_id: str) -> str:
+    return fit_key("c:" + contact_id)
+
+
+def _meetings_with(key: str) -> str:
+    """``MEETINGS_WITH`` and a meetings' lookup key; every client when it does not fit whole."""
+    return MEETINGS_WITH + key if len(key) + len(MEETINGS_WITH) <= KEY_LIMIT else EVERY_CLIENT
+
+
+def touch_keys(record: SourceRecord) -> set[str]:
+    """What one version of a record of ``UNIFY_STREAMS`` can change the engagements of, as keys: the
+    store writes those of a changed record's stored version and of its new one, and the next unify
+    recomputes the clients they name (``engagement.partition.touched_clients``).
+
+    A meeting: its attendees' address and domain keys (``lookup_keys``). A contact: its client
+    (``a:``), its id (contact roles name it, ``c:``) and the meetings with its address
+    (``MEETINGS_WITH``: their attendees' clients may now share one). An Opportunity: itself (``o:``)
+    and its client. An account: itself and the meetings at its domains. An issue: its project; a
+    contact role: its Opportunity. A CRM user is anyone's owner or attendee: every client. Nothing
+    for a deleted version: its stored one says what it touched."""
+    if record.deleted:
+        return set()
+    if record.source == "salesforce":
+        if record.stream == "users":
+            return {EVERY_CLIENT}
+        if record.stream == "accounts":
+            account = Account.from_record(record)
+            domains = {d for domain in account.domains for d in (domain, domain.casefold())}
+            return {account_key(account.id), *(_meetings_with("d:" + d) for d in domains)}
+        if record.stream == "opportunities":
+            opportunity = Opportunity.from_record(record)
+            return {opportunity_key(opportunity.id), account_key(opportunity.account_id or "")}
+        if record.stream == "contacts":
+            keys = {contact_touch_key(record.id)}
+            for key in lookup_keys(record):
+                keys.add(_meetings_with(key) if key[:2] in ("e:", "s:") else key)
+            return keys
+    if (record.source, record.stream) in UNIFY_STREAMS:
+        return lookup_keys(record)
+    return set()
+
+
 def lookup_keys(record: SourceRecord) -> set[str]:
     """The keys of a live issue (its project), meeting (its attendees), contact (its account and
     address, without the domain), contact role or Accord reminder Task (its engagement); none for

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import functools
 import gc
+import hashlib
 import importlib
 import logging
 import os
@@ -35,7 +37,15 @@ from connectors.incremental import Batch
 from connectors.retry import get_throttle
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
-from engagement.partition import load_directory, org_counts, partition_of, unify_groups
+from engagement.partition import (
+    Directory,
+    group_counts,
+    load_directory,
+    org_counts,
+    partition_of,
+    touched_clients,
+    unify_groups,
+)
 from engagement.records import iso, parse_datetime
 from flows.memory import limit_malloc_arenas, peak_rss_mb
 from flows.unify_child import Failed, Hello, LogLine, Pull, Ready, Unify, relinked
@@ -105,6 +115,7 @@ class ViewSummary:
     meetings_internal: int = 0
     groups: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    clients_recomputed: int | None = None  # the clients whose engagements were recomputed; None: all
 
     def add(self, view: UnifiedView) -> None:
         self.groups += 1
@@ -183,6 +194,7 @@ class SyncReport:
             "ambiguous_meetings": view.ambiguous_meetings if view else None,
             "issues_without_engagement": view.issues_without_engagement if view else None,
             "meetings_internal": view.meetings_internal if view else None,
+            "clients_recomputed": view.clients_recomputed if view else None,
             "health_changes": [
                 {"id": c.engagement_id, "from": c.previous, "to": c.current} for c in self.health_changes
             ],
@@ -263,6 +275,7 @@ def pull_unit(
     """
     source = connector.source
     cursor = None if full else store.get_cursor(source, unit.stream, unit.partition)
+    track = cursor is not None  # an incremental read: the store notes which clients its changes touch
     seen = SeenScope.new(source, unit.stream, unit.partition)
     staged = 0
     for batch in connector.read(unit, cursor, upper=upper, full=full, reconcile=reconcile):
@@ -274,13 +287,13 @@ def pull_unit(
             store.clear_seen(seen)
         staged += len(existing)
         if batch.reconcile:
-            result = store.apply_batch(batch.records, seen=seen, seen_ids=existing)
+            result = store.apply_batch(batch.records, seen=seen, seen_ids=existing, track=track)
             reconciled = CursorUpdate(source, unit.stream + RECONCILED_SUFFIX, unit.partition, iso(upper))
             stats.reconciled_deleted += store.reconcile(
-                seen, staged=staged, cursors=[c for c in (update, reconciled) if c], stamp=upper
+                seen, staged=staged, cursors=[c for c in (update, reconciled) if c], stamp=upper, track=track
             )
         else:
-            result = store.apply_batch(batch.records, update, seen=seen, seen_ids=existing)
+            result = store.apply_batch(batch.records, update, seen=seen, seen_ids=existing, track=track)
         stats.add_batch(batch, result)
         # Not held while the connector fetches and decodes the next page: at most one page per
         # thread is alive (``benchmarks/probe_pull.py``).
@@ -350,23 +363,131 @@ def unify_and_store(
     partition: int = 0,
     partitions: int = 1,
     counts: bool = True,
+    clients: set[str] | frozenset[str] | None = None,
+    directory: Directory | None = None,
 ) -> tuple[ViewSummary, list[HealthChange]]:
     """Recompute and store the engagements of one partition of clients, group by group, so memory
     holds one group's issues and meetings at a time; drop the partition's vanished engagements.
     ``counts``: also compute the org-wide counts (``org_counts``), which do not depend on the
-    partition: one of the partitions of a run computes them, the others leave them 0."""
-    directory = load_directory(store, mapping)
+    partition: one of the partitions of a run computes them, the others leave them 0. ``clients``:
+    only those clients' (``plan_recompute``); the summary then covers those only (``stored_summary``
+    gives the whole one)."""
+    directory = directory or load_directory(store, mapping)
     summary = ViewSummary()
     changes: list[HealthChange] = []
-    for _, view in unify_groups(store, mapping, now, partition=partition, partitions=partitions, directory=directory):
+    per_client: dict[str, tuple[int, int]] = {}
+    only = set(clients) if clients is not None else None
+    groups = unify_groups(
+        store, mapping, now, partition=partition, partitions=partitions, directory=directory, clients=only
+    )
+    for group, view in groups:
         changes += store.save_engagements(view.engagements, now, view.valid_until)
+        per_client.update(group_counts(group, view))
         summary.add(view)
+    in_partition: Callable[[str | None], bool] = lambda client: partition_of(client, partitions) == partition  # noqa: E731
+    store.save_client_counts(per_client, replacing=in_partition if clients is None else None)
     live = {o.id for o in directory.opportunities}
-    changes += store.drop_engagements_except(live, lambda client: partition_of(client, partitions) == partition)
+    changes += store.drop_engagements_except(live, in_partition)
     if counts:
         summary.meetings_internal, summary.issues_without_engagement = org_counts(store, directory)
     summary.keep_worst()
     return summary, changes
+
+
+UNIFY_BASIS = CursorUpdate("accord", "unify_basis", "", None)  # the cursor row holding ``unify_basis``
+ENGAGEMENT_CODE = Path(__file__).resolve().parent.parent / "engagement"
+
+
+@functools.cache
+def _engagement_code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(ENGAGEMENT_CODE.glob("*.py")):
+        digest.update(path.name.encode("utf-8") + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def unify_basis(mapping: Mapping) -> str:
+    """What stored engagements were computed with besides the records and the time: the mapping and
+    the code of ``engagement/``. When it differs from the stored one, every engagement is recomputed."""
+    return hashlib.sha256(f"{_engagement_code_digest()}:{mapping.model_dump_json()}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RecomputePlan:
+    """Which clients' engagements a sync's unify recomputes: those the pulled changes touch
+    (``Store.touched_keys``, ``engagement.partition.touched_clients``) and those with an engagement
+    whose horizon has passed (``Store.engagements_due``); every client (None) when the stored ones
+    were computed with another mapping or code, or the changes touch everyone (a full read)."""
+
+    clients: frozenset[str] | None
+    upto: int  # the last ``touched`` row read: cleared once every partition is stored
+    basis: str
+    directory: Directory
+    touched: int  # distinct touch keys read
+
+
+def plan_recompute(store: Store, mapping: Mapping, now: datetime) -> RecomputePlan:
+    directory = load_directory(store, mapping)
+    basis = unify_basis(mapping)
+    upto, keys = store.touched_keys()
+    clients: set[str] | None = None
+    if store.get_cursor(UNIFY_BASIS.source, UNIFY_BASIS.stream) == basis:
+        clients = touched_clients(store, directory, keys, store.engagement_clients())
+        if clients is not None:
+            clients.update(client or "" for client in store.engagements_due(now).values())
+    return RecomputePlan(frozenset(clients) if clients is not None else None, upto, basis, directory, len(keys))
+
+
+def stored_summary(store: Store, computed: ViewSummary, recomputed: int) -> ViewSummary:
+    """The summary of every stored engagement after a unify that recomputed some clients (``computed``
+    is what it recomputed; its org-wide counts are kept)."""
+    unknown, ambiguous = store.client_count_totals()
+    health = store.health_counts()
+    return ViewSummary(
+        engagements=sum(health.values()),
+        health=health,
+        unknown_stakeholders=unknown,
+        ambiguous_meetings=ambiguous,
+        issues_without_engagement=computed.issues_without_engagement,
+        meetings_internal=computed.meetings_internal,
+        groups=computed.groups,
+        rows=store.engagement_rows(row_order, ROWS_KEPT),
+        clients_recomputed=recomputed,
+    )
+
+
+def recompute(
+    store: Store, mapping: Mapping, now: datetime, pool: UnifyPool | None = None
+) -> tuple[ViewSummary, list[HealthChange], list[PartitionFigures]]:
+    """The sync's unify: recompute and store the engagements of the clients ``plan_recompute`` names
+    (in the pool's processes, or here), then forget the touches it read and note the basis. A unify
+    that fails forgets nothing: the next one recomputes them again."""
+    plan = plan_recompute(store, mapping, now)
+    figures: list[PartitionFigures] = []
+    if pool is not None:
+        summary, changes, figures = pool.unify_and_store(store, mapping, now, plan)
+    else:
+        summary, changes = unify_and_store(store, mapping, now, clients=plan.clients, directory=plan.directory)
+    if plan.clients is not None:
+        summary = stored_summary(store, summary, len(plan.clients))
+    log.info(
+        "engagements of %s clients recomputed (%d touch keys)",
+        "all" if plan.clients is None else len(plan.clients),
+        plan.touched,
+    )
+    if plan.upto:
+        store.clear_touched(plan.upto)
+    store.set_cursor(CursorUpdate(UNIFY_BASIS.source, UNIFY_BASIS.stream, "", plan.basis))
+    return summary, changes, figures
+
+
+def forget_touches(store: Store) -> None:
+    """For a sync whose engagements are recomputed elsewhere, all of them (``flows.partition``): the
+    touches so far need no unify, and the next one here recomputes every client (no basis)."""
+    upto, _ = store.touched_keys()
+    if upto:
+        store.clear_touched(upto)
+    store.set_cursor(UNIFY_BASIS)
 
 
 class PullProcessEndedError(RuntimeError):
@@ -454,14 +575,14 @@ def pull_in_child(url: str, request: Pull) -> SourceReport:
 
 
 def unify_partition_in_child(
-    url: str, mapping: Mapping, now: datetime, partition: int, partitions: int
+    url: str, mapping: Mapping, now: datetime, partition: int, partitions: int, clients: frozenset[str] | None = None
 ) -> PartitionResult:
     """One partition's unify in a child process, on a store of its own opened from ``url``, with the
     memory and garbage-collector settings of the sync; the org-wide counts are the parent's."""
     clock, cpu = time.perf_counter(), time.process_time()
     with child_store(url) as store:
         summary, changes = unify_and_store(
-            store, mapping, now, partition=partition, partitions=partitions, counts=False
+            store, mapping, now, partition=partition, partitions=partitions, counts=False, clients=clients
         )
     figures = PartitionFigures(
         partition,
@@ -630,7 +751,7 @@ class UnifyPool:
         raise PullProcessEndedError(f"{source}: the child process pulling it: {ENDED_ABRUPTLY}")
 
     def unify_and_store(
-        self, store: Store, mapping: Mapping, now: datetime
+        self, store: Store, mapping: Mapping, now: datetime, plan: RecomputePlan | None = None
     ) -> tuple[ViewSummary, list[HealthChange], list[PartitionFigures]]:
         """Every partition's unify, merged; health changes in partition order. Raises
         ``UnifyFailedError`` naming each child partition that failed, after this process's partition
@@ -640,12 +761,22 @@ class UnifyPool:
         errors: list[str] = []
         asked: dict[int, subprocess.Popen[bytes]] = {}
         for k, (child, pid) in enumerate(zip(self._children, self._pids, strict=True), start=1):
-            if pid is not None and self._send(child, Unify(mapping, now, k, n)):
+            clients = plan.clients if plan is not None else None
+            if pid is not None and self._send(child, Unify(mapping, now, k, n, clients)):
                 asked[k] = child
             else:
                 errors.append(f"partition {k} of {n}: {ENDED_ABRUPTLY}")
         clock = time.perf_counter()
-        summary, changes = unify_and_store(store, mapping, now, partition=0, partitions=n, counts=True)
+        summary, changes = unify_and_store(
+            store,
+            mapping,
+            now,
+            partition=0,
+            partitions=n,
+            counts=True,
+            clients=plan.clients if plan is not None else None,
+            directory=plan.directory if plan is not None else None,
+        )
         self.own_s = time.perf_counter() - clock
         parts = [(summary, changes)]
         figures: list[PartitionFigures] = []
@@ -829,17 +960,15 @@ def _run_sync(
                     report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
         finally:
             PULLS_ELSEWHERE.reset(elsewhere)
-        if pool is not None:
+        if unify:  # else the caller has the engagements recomputed elsewhere (flows.partition)
             try:
-                report.view, report.health_changes, report.unify_children = pool.unify_and_store(
-                    store, mapping, started
-                )
+                report.view, report.health_changes, report.unify_children = recompute(store, mapping, started, pool)
             except UnifyFailedError as exc:
                 report.seconds = time.perf_counter() - clock
                 store.finish_run(run_id, "failed", report.to_json() | {"error": str(exc)})
                 raise
-        elif unify:  # else the caller has the engagements recomputed elsewhere (flows.partition)
-            report.view, report.health_changes = unify_and_store(store, mapping, started)
+        else:
+            forget_touches(store)
     finally:
         if pool is not None:
             pool.close()

@@ -53,6 +53,7 @@ class Unify:
     now: datetime
     partition: int
     partitions: int
+    clients: frozenset[str] | None = None  # only these clients' engagements (None: all)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def main() -> int:
                 result: Any = pull_in_child(hello.url, request)
             else:
                 result = unify_partition_in_child(
-                    hello.url, request.mapping, request.now, request.partition, request.partitions
+                    hello.url, request.mapping, request.now, request.partition, request.partitions, request.clients
                 )
         except Exception as exc:
             error, causes = messages.portable(exc) if isinstance(request, messages.Pull) else (None, ())

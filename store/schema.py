@@ -90,6 +90,27 @@ engagements = Table(
     Column("valid_until", String(32), nullable=True),
 )
 
+# What the pulls changed since the engagements were last computed (``engagement.records.touch_keys``
+# of each changed record's stored and new version): the next unify recomputes only the clients these
+# name (``engagement.partition.touched_clients``), then deletes the rows it read (up to its largest id).
+touched = Table(
+    "touched",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(400), nullable=False),
+)
+
+# Per client, the counts of the run summary that come from its group's unify: its unknown
+# stakeholders and the ambiguous meetings it reports. A unify that recomputes some clients adds the
+# stored counts of the others.
+client_counts = Table(
+    "client_counts",
+    metadata,
+    Column("client_id", String(255), primary_key=True),  # "": the engagements without a client
+    Column("unknown_stakeholders", Integer, nullable=False),
+    Column("ambiguous_meetings", Integer, nullable=False),
+)
+
 sync_runs = Table(
     "sync_runs",
     metadata,

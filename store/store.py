@@ -45,9 +45,19 @@ from sqlalchemy.engine import make_url
 
 from connectors.jsonbody import NOT_DECODED, fast_loads
 from engagement.model import Engagement, UnifiedView
-from engagement.records import LOOKUP_STREAMS, SourceRecord, iso, lookup_keys, parse_datetime
+from engagement.records import (
+    EVERY_CLIENT,
+    LOOKUP_STREAMS,
+    UNIFY_STREAMS,
+    SourceRecord,
+    iso,
+    lookup_keys,
+    parse_datetime,
+    touch_keys,
+)
 from store.outbox import Outbox
 from store.schema import (
+    client_counts,
     cursors,
     engagements,
     metadata,
@@ -59,6 +69,7 @@ from store.schema import (
     records_by_partition,
     seen_ids,
     sync_runs,
+    touched,
 )
 
 READ_PAGE = 1000  # rows fetched at once when reading records
@@ -349,7 +360,7 @@ class Store:
     def _insert(self) -> Any:
         return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
 
-    def _upsert_records(self, conn: Connection, batch: Sequence[SourceRecord]) -> BatchResult:
+    def _upsert_records(self, conn: Connection, batch: Sequence[SourceRecord], track: bool) -> BatchResult:
         result = BatchResult()
         if not batch:
             return result
@@ -360,6 +371,7 @@ class Store:
         for (source, stream), latest in streams.items():
             existing = self._existing(conn, source, stream, list(latest))
             rows_to_write: list[tuple[Any, ...]] = []
+            written: list[SourceRecord] = []
             keyed: dict[str, set[str]] = {}
             refresh: list[str] = []  # stored ids whose lookup keys are replaced
             for record_id, record in latest.items():
@@ -380,6 +392,7 @@ class Store:
                 if before is not None:
                     refresh.append(record_id)
                 keyed[record_id] = lookup_keys(record)
+                written.append(record)
                 rows_to_write.append(
                     (
                         source,
@@ -395,10 +408,39 @@ class Store:
                 )
             if not rows_to_write:
                 continue
+            if (source, stream) in UNIFY_STREAMS:  # before the upsert: the stored versions are read
+                self._touch(conn, source, stream, written, refresh if track else None)
             self._page.upsert(conn, rows_to_write)
             if (source, stream) in LOOKUP_STREAMS:
                 self._replace_keys(conn, source, stream, refresh, keyed)
         return result
+
+    def _touch(
+        self, conn: Connection, source: str, stream: str, changed: Sequence[SourceRecord], stored: Sequence[str] | None
+    ) -> None:
+        """Note what ``changed`` records touch (``touched``): the ``touch_keys`` of each new version and
+        of the stored versions of ``stored`` (ids), read before they are replaced. ``stored`` None:
+        not tracked (a full read, where nearly everything is new): every client, one row."""
+        keys: set[str] = set()
+        if stored is None:
+            keys.add(EVERY_CLIENT)
+        else:
+            for record in changed:
+                keys |= touch_keys(record)
+            for record in self._stored(conn, source, stream, stored):
+                keys |= touch_keys(record)
+        if keys:
+            conn.execute(touched.insert(), [{"key": key} for key in sorted(keys)])
+
+    def _stored(self, conn: Connection, source: str, stream: str, ids: Sequence[str]) -> Iterator[SourceRecord]:
+        """The stored versions of ``ids`` (deleted ones too), on ``conn``."""
+        for start in range(0, len(ids), BATCH_LOOKUP):
+            query = select(*self._record_columns).where(
+                records.c.source == source,
+                records.c.stream == stream,
+                records.c.id.in_(padded(ids[start : start + BATCH_LOOKUP])),
+            )
+            yield from _rows_to_records(conn.execute(query).tuples().fetchall())
 
     def _existing(self, conn: Connection, source: str, stream: str, ids: list[str]) -> dict[str, tuple[str, bool]]:
         """Digest and deleted flag of the stored ones among ``ids``."""
@@ -450,13 +492,16 @@ class Store:
         *,
         seen: SeenScope | None = None,
         seen_ids: Sequence[str] = (),
+        track: bool = False,
     ) -> BatchResult:
         """Upsert ``batch``, stage ``seen_ids`` (ids a reconciling read saw) under ``seen`` and move
-        ``cursor``, in one transaction."""
+        ``cursor``, in one transaction. ``track``: note which clients the changed records touch
+        (``touched``), so that the next unify recomputes those only; else a change touches every client
+        (a full read: nearly every record is new)."""
         if seen_ids and seen is None:
             raise ValueError("seen_ids need the SeenScope of the read that saw them")
         with self.engine.begin() as conn:
-            result = self._upsert_records(conn, batch)
+            result = self._upsert_records(conn, batch, track)
             if seen is not None and seen_ids:
                 self._stage(conn, seen, seen_ids)
             if cursor is not None:
@@ -507,10 +552,12 @@ class Store:
         staged: int,
         cursors: Sequence[CursorUpdate] = (),
         stamp: datetime | None = None,
+        track: bool = False,
     ) -> int:
         """Mark the stored live records of the read's stream (partition) that it did not stage as
         deleted (hard deletes, or a calendar re-synced from scratch), drop its staged ids and move
-        ``cursors``, in one transaction. Returns how many were marked.
+        ``cursors``, in one transaction. Returns how many were marked. ``track``: as ``apply_batch``;
+        records of the directory streams (accounts, users, Opportunities) marked deleted touch every client.
 
         An anti-join in SQL: nothing of the stream is loaded, however large. ``staged`` is how many
         ids the read staged; when fewer are there, another pull cleared them and ``StagingLostError``
@@ -546,6 +593,8 @@ class Store:
             }
             if (source, stream) not in LOOKUP_STREAMS:
                 marked = conn.execute(update(records).where(*unseen).values(mark)).rowcount
+                if marked and (source, stream) in UNIFY_STREAMS:
+                    self._touch(conn, source, stream, (), None)
             else:
                 # The lookup keys of the marked ones go too: by chunks of ids, in id order from
                 # where the last chunk ended (the primary key's order, so no chunk rescans).
@@ -555,6 +604,8 @@ class Store:
                     chunk = list(conn.execute(query.limit(BATCH_LOOKUP)).scalars())
                     if not chunk:
                         break
+                    if (source, stream) in UNIFY_STREAMS:
+                        self._touch(conn, source, stream, (), chunk if track else None)
                     conn.execute(
                         update(records)
                         .where(records.c.source == source, records.c.stream == stream, records.c.id.in_(padded(chunk)))
@@ -841,6 +892,74 @@ class Store:
                 row.id: row.client_id
                 for row in conn.execute(select(engagements.c.id, engagements.c.client_id).where(due))
             }
+
+    def touched_keys(self) -> tuple[int, set[str]]:
+        """What the pulls changed since the engagements were last computed: the largest ``touched`` id
+        and every key up to it (``clear_touched`` drops those once the engagements are stored)."""
+        with self.engine.connect() as conn:
+            upto = conn.execute(select(func.max(touched.c.id))).scalar_one_or_none()
+            if upto is None:
+                return 0, set()
+            keys = conn.execute(select(touched.c.key).where(touched.c.id <= upto).distinct()).scalars()
+            return int(upto), set(keys)
+
+    def clear_touched(self, upto: int) -> None:
+        """Forget the touches up to id ``upto`` (the engagements they name are stored); later ones stay."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(touched).where(touched.c.id <= upto))
+
+    def save_client_counts(
+        self, counts: MappingType[str, tuple[int, int]], replacing: Callable[[str], bool] | None = None
+    ) -> None:
+        """Store each client's (unknown stakeholders, ambiguous meetings reported); ``replacing``: the
+        stored clients it says belong to this computation and ``counts`` does not have are dropped
+        (every client of a partition was computed: the others are gone)."""
+        with self.engine.begin() as conn:
+            if replacing is not None:
+                stored = conn.execute(select(client_counts.c.client_id)).scalars().all()
+                gone = [c for c in stored if c not in counts and replacing(c)]
+                for start in range(0, len(gone), BATCH_LOOKUP):
+                    chunk = gone[start : start + BATCH_LOOKUP]
+                    conn.execute(delete(client_counts).where(client_counts.c.client_id.in_(chunk)))
+            if counts:
+                statement = self._insert()(client_counts)
+                statement = statement.on_conflict_do_update(
+                    index_elements=[client_counts.c.client_id],
+                    set_={c: statement.excluded[c] for c in ("unknown_stakeholders", "ambiguous_meetings")},
+                )
+                rows = [
+                    {"client_id": c, "unknown_stakeholders": u, "ambiguous_meetings": a}
+                    for c, (u, a) in sorted(counts.items())
+                ]
+                conn.execute(statement, rows)
+
+    def client_count_totals(self) -> tuple[int, int]:
+        """(unknown stakeholders, ambiguous meetings) over every client, as stored."""
+        query = select(
+            func.coalesce(func.sum(client_counts.c.unknown_stakeholders), 0),
+            func.coalesce(func.sum(client_counts.c.ambiguous_meetings), 0),
+        )
+        with self.engine.connect() as conn:
+            unknown, ambiguous = conn.execute(query).one()
+        return int(unknown), int(ambiguous)
+
+    def engagement_rows(self, order: Callable[[dict[str, Any]], Any], limit: int) -> list[dict[str, Any]]:
+        """The short rows (``Engagement.summary_json``) of the first ``limit`` stored engagements in
+        ``order`` (a key of the row's ``health``, ``client`` and ``id``), sorted here: the same order
+        on every database, whatever its collation."""
+        with self.engine.connect() as conn:
+            keys = [
+                {"health": r.health, "client": r.client, "id": r.id}
+                for r in conn.execute(select(engagements.c.id, engagements.c.client, engagements.c.health))
+            ]
+            first = [row["id"] for row in sorted(keys, key=order)[:limit]]
+            payloads: dict[str, Any] = {}
+            for start in range(0, len(first), BATCH_LOOKUP):
+                query = select(engagements.c.id, engagements.c.payload).where(
+                    engagements.c.id.in_(first[start : start + BATCH_LOOKUP])
+                )
+                payloads.update((r.id, r.payload["summary"]) for r in conn.execute(query))
+        return [payloads[i] for i in first]
 
     def drop_engagements_except(
         self, live: set[str], in_partition: Callable[[str | None], bool] | None = None
