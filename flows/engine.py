@@ -461,13 +461,21 @@ def recompute(
 ) -> tuple[ViewSummary, list[HealthChange], list[PartitionFigures]]:
     """The sync's unify: recompute and store the engagements of the clients ``plan_recompute`` names
     (in the pool's processes, or here), then forget the touches it read and note the basis. A unify
-    that fails forgets nothing: the next one recomputes them again."""
+    that fails forgets nothing, and the next one recomputes every client."""
     plan = plan_recompute(store, mapping, now)
     figures: list[PartitionFigures] = []
-    if pool is not None:
-        summary, changes, figures = pool.unify_and_store(store, mapping, now, plan)
-    else:
-        summary, changes = unify_and_store(store, mapping, now, clients=plan.clients, directory=plan.directory)
+    try:
+        if pool is not None:
+            summary, changes, figures = pool.unify_and_store(store, mapping, now, plan)
+        else:
+            summary, changes = unify_and_store(store, mapping, now, clients=plan.clients, directory=plan.directory)
+    except Exception:
+        # Some partitions may be stored, others not: the next sync recomputes every client.
+        try:
+            store.set_cursor(UNIFY_BASIS)
+        except Exception as exc:  # the store itself failing: its error is the one raised
+            log.warning("could not forget the unify basis after a failed unify: %s", _one_line(exc))
+        raise
     if plan.clients is not None:
         summary = stored_summary(store, summary, len(plan.clients))
     log.info(

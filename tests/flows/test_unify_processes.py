@@ -27,7 +27,7 @@ from flows.engine import SourceReport, SyncReport, UnifyFailedError, UnifyPool, 
 from flows.failures import FailureContext, explain
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
-from store.schema import engagements, records
+from store.schema import engagements, records, touched
 from tests.sandbox_settings import settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # the pull's upper bound: after the sandbox's data
@@ -190,6 +190,7 @@ def test_a_failing_child_names_its_partition_and_the_next_run_recomputes(
     where = (records.c.source == "jira") & (records.c.stream == "issues") & (records.c.id == issue.id)
     with store.engine.begin() as conn:
         conn.execute(update(records).where(where).values(data=[]))
+        conn.execute(insert(touched).values(key=project_key(project)))  # as a pull storing it notes it
     _disturb(store)
 
     settings = _settings(sandbox, store.url, 2)
