@@ -257,6 +257,8 @@ def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_
                 "pull_s_by_api": pulls,
                 "pulled_in_child": sorted(name for name, source in report.sources.items() if source.in_child),
                 "after_pull_s": round(report.seconds - max(pulls.values(), default=0.0), 3),
+                # The clients whose engagements the unify recomputed (None: all of them).
+                "clients_recomputed": report.view.clients_recomputed if report.view else None,
             },
         }
     finally:

@@ -165,6 +165,7 @@ ROWS = (
     ("of which the unify children (s)", "children_cpu_s"),
     ("CPU of the sandbox process (s)", "sandbox_cpu_s"),
     ("wall after the slowest pull (s)", "after_pull_s"),
+    ("clients whose engagements were recomputed (n/a: all)", "clients_recomputed"),
     ("wall with no latency (s)", "floor.wall_s"),
     ("records per CPU-second", "records_per_cpu_s"),
     ("peak RSS in the phase (MB)", "peak_rss_mb"),
