@@ -26,26 +26,21 @@ import argparse
 import cProfile
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from accord.settings import DEFAULT_MAPPING, AccordSettings
 from benchmarks.child import run_json
 from benchmarks.measure import APIS, peak_rss_mb, reset_peak_rss
-from benchmarks.probe_unify import _rss_mb, _top, cached_store
+from benchmarks.probe_unify import _rss_mb, _top, cached_store, store_copy
 from benchmarks.sandbox_process import SandboxProcess
-from engagement.mapping import load_mapping
-from engagement.records import parse_datetime
 from flows.engine import fewer_collections
 from flows.memory import limit_malloc_arenas, release_free_memory
 from flows.push_engine import TargetReport, apply_target, push
-from store import Store
 
 KINDS = ("plain", "profile")
 
@@ -53,13 +48,7 @@ KINDS = ("plain", "profile")
 def measure_once(path: Path, kind: str, sandbox: dict[str, Any]) -> dict[str, Any]:
     """One push on a copy of ``path`` against the sandbox ``sandbox`` describes (in this process:
     call it in a fresh one)."""
-    now = parse_datetime(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["now"])
-    assert isinstance(now, datetime)
-    mapping = load_mapping(DEFAULT_MAPPING)
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        store = Store(f"sqlite:///{copy}")
+    with store_copy(path) as (store, now, mapping):
         settings = AccordSettings(database_url=store.url, sandbox_control=None).with_sandbox(sandbox)
         limit_malloc_arenas()
         release_free_memory()
@@ -101,7 +90,6 @@ def measure_once(path: Path, kind: str, sandbox: dict[str, Any]) -> dict[str, An
         figures["delivered"] = {t: r.delivered for t, r in report.targets.items()}
         figures["failed"] = {t: r.failed for t, r in report.targets.items()}
         figures["writer_batches"] = {t: r.batches for t, r in report.targets.items()}
-        store.dispose()
     return figures
 
 

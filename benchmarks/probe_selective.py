@@ -15,20 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from accord.settings import DEFAULT_MAPPING
-from benchmarks.probe_unify import cached_store
-from engagement.mapping import load_mapping
-from engagement.records import parse_datetime
+from benchmarks.probe_unify import cached_store, store_copy
 from flows.engine import UNIFY_BASIS, fewer_collections, recompute
-from store import Store
 
 EDITED = (
     ("jira", "issues"),
@@ -40,36 +34,27 @@ EDITED = (
 
 
 def measure(path: Path, changes: str, seed: int) -> dict[str, Any]:
-    now = parse_datetime(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["now"])
-    assert isinstance(now, datetime)
-    mapping = load_mapping(DEFAULT_MAPPING)
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        store = Store(f"sqlite:///{copy}")
-        store.create_all()
-        try:
-            with fewer_collections():
-                recompute(store, mapping, now)  # every client, and the basis noted
-                if changes == "all":
-                    store.set_cursor(UNIFY_BASIS)
-                else:
-                    rng = random.Random(seed)
-                    ids = [(s, t, r.id) for s, t in EDITED for r in store.iter_records(s, t)]
-                    for source, stream, record_id in rng.sample(ids, int(changes)):
-                        record = store.record_by_id(source, stream, record_id)
-                        assert record is not None
-                        store.apply_batch([replace(record, data={**record.data, "probe": seed})], track=True)
-                clock, cpu = time.perf_counter(), time.process_time()
-                summary, _, _ = recompute(store, mapping, now)
-                return {
-                    "changes": changes,
-                    "clients_recomputed": summary.clients_recomputed,
-                    "cpu_s": round(time.process_time() - cpu, 3),
-                    "wall_s": round(time.perf_counter() - clock, 3),
-                }
-        finally:
-            store.dispose()
+    with store_copy(path) as (store, now, mapping):
+        store.create_all()  # the tables of touches and per-client counts, if the cached org predates them
+        with fewer_collections():
+            recompute(store, mapping, now)  # every client, and the basis noted
+            if changes == "all":
+                store.set_cursor(UNIFY_BASIS)
+            else:
+                rng = random.Random(seed)
+                ids = [(s, t, r.id) for s, t in EDITED for r in store.iter_records(s, t)]
+                for source, stream, record_id in rng.sample(ids, int(changes)):
+                    record = store.record_by_id(source, stream, record_id)
+                    assert record is not None
+                    store.apply_batch([replace(record, data={**record.data, "probe": seed})], track=True)
+            clock, cpu = time.perf_counter(), time.process_time()
+            summary, _, _ = recompute(store, mapping, now)
+            return {
+                "changes": changes,
+                "clients_recomputed": summary.clients_recomputed,
+                "cpu_s": round(time.process_time() - cpu, 3),
+                "wall_s": round(time.perf_counter() - clock, 3),
+            }
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from accord.settings import DEFAULT_MAPPING, AccordSettings
 from benchmarks.child import run_json
 from benchmarks.measure import peak_rss_mb, reset_peak_rss
 from benchmarks.sandbox_process import SandboxProcess
-from engagement.mapping import load_mapping
+from engagement.mapping import Mapping, load_mapping
 from engagement.records import iso, parse_datetime
 from flows.engine import UnifyPool, fewer_collections, run_sync, unify_and_store
 from flows.memory import limit_malloc_arenas, release_free_memory
@@ -79,6 +80,23 @@ def cached_store(size: str, cache: Path, seed: int) -> Path:
     return path
 
 
+@contextmanager
+def store_copy(path: Path) -> Iterator[tuple[Store, datetime, Mapping]]:
+    """A store on a fresh copy of the cached org ``path`` (``cached_store``), with the sync's ``now``
+    and the default mapping; the copy goes when the block ends."""
+    now = parse_datetime(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["now"])
+    assert isinstance(now, datetime)
+    mapping = load_mapping(DEFAULT_MAPPING)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        store = Store(f"sqlite:///{copy}")
+        try:
+            yield store, now, mapping
+        finally:
+            store.dispose()
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -88,13 +106,7 @@ def measure_once(path: Path, kind: str, saved: str, processes: int = 1) -> dict[
     """One run of the unify tail on a copy of ``path`` (in this process: call it in a fresh one)."""
     if processes > 1 and kind != "plain":
         raise ValueError(f"--processes {processes} measures the plain kind only, not {kind}")
-    now = parse_datetime(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["now"])
-    assert isinstance(now, datetime)
-    mapping = load_mapping(DEFAULT_MAPPING)
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        store = Store(f"sqlite:///{copy}")
+    with store_copy(path) as (store, now, mapping):
         if saved == "none":
             with store.engine.begin() as conn:
                 conn.execute(delete(engagements))
@@ -142,7 +154,6 @@ def measure_once(path: Path, kind: str, saved: str, processes: int = 1) -> dict[
         figures["engagements"] = summary.engagements
         figures["groups"] = summary.groups
         figures["health_changes"] = len(changes)
-        store.dispose()
     return figures
 
 
