@@ -34,27 +34,25 @@ EDITED = (
 
 
 def measure(path: Path, changes: str, seed: int) -> dict[str, Any]:
-    with store_copy(path) as (store, now, mapping):
-        store.create_all()  # the tables of touches and per-client counts, if the cached org predates them
-        with fewer_collections():
-            recompute(store, mapping, now)  # every client, and the basis noted
-            if changes == "all":
-                store.set_cursor(UNIFY_BASIS)
-            else:
-                rng = random.Random(seed)
-                ids = [(s, t, r.id) for s, t in EDITED for r in store.iter_records(s, t)]
-                for source, stream, record_id in rng.sample(ids, int(changes)):
-                    record = store.record_by_id(source, stream, record_id)
-                    assert record is not None
-                    store.apply_batch([replace(record, data={**record.data, "probe": seed})], track=True)
-            clock, cpu = time.perf_counter(), time.process_time()
-            summary, _, _ = recompute(store, mapping, now)
-            return {
-                "changes": changes,
-                "clients_recomputed": summary.clients_recomputed,
-                "cpu_s": round(time.process_time() - cpu, 3),
-                "wall_s": round(time.perf_counter() - clock, 3),
-            }
+    with store_copy(path) as (store, now, mapping), fewer_collections():
+        recompute(store, mapping, now)  # every client, and the basis noted
+        if changes == "all":
+            store.set_cursor(UNIFY_BASIS)
+        else:
+            rng = random.Random(seed)
+            ids = [(s, t, r.id) for s, t in EDITED for r in store.iter_records(s, t)]
+            for source, stream, record_id in rng.sample(ids, int(changes)):
+                record = store.record_by_id(source, stream, record_id)
+                assert record is not None
+                store.apply_batch([replace(record, data={**record.data, "probe": seed})], track=True)
+        clock, cpu = time.perf_counter(), time.process_time()
+        summary, _, _ = recompute(store, mapping, now)
+        return {
+            "changes": changes,
+            "clients_recomputed": summary.clients_recomputed,
+            "cpu_s": round(time.process_time() - cpu, 3),
+            "wall_s": round(time.perf_counter() - clock, 3),
+        }
 
 
 def main() -> None:

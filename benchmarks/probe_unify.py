@@ -82,8 +82,8 @@ def cached_store(size: str, cache: Path, seed: int) -> Path:
 
 @contextmanager
 def store_copy(path: Path) -> Iterator[tuple[Store, datetime, Mapping]]:
-    """A store on a fresh copy of the cached org ``path`` (``cached_store``), with the sync's ``now``
-    and the default mapping; the copy goes when the block ends."""
+    """A store on a fresh copy of the cached org ``path`` (``cached_store``), brought up to date, with
+    the sync's ``now`` and the default mapping; the copy goes when the block ends."""
     now = parse_datetime(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["now"])
     assert isinstance(now, datetime)
     mapping = load_mapping(DEFAULT_MAPPING)
@@ -91,6 +91,7 @@ def store_copy(path: Path) -> Iterator[tuple[Store, datetime, Mapping]]:
         copy = Path(tmp) / path.name
         shutil.copyfile(path, copy)
         store = Store(f"sqlite:///{copy}")
+        store.create_all()  # as a sync does: a cached org from an earlier version gets the tables it lacks
         try:
             yield store, now, mapping
         finally:
