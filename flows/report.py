@@ -50,6 +50,7 @@ def sync_markdown(report: SyncReport, max_engagements: int = TABLE_LIMIT) -> str
         f"**Engagements:** {view.engagements} — " + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
         f"**Unknown stakeholders to review:** {view.unknown_stakeholders} — "
         f"**ambiguous meetings:** {view.ambiguous_meetings}",
+        f"**Recomputed:** {_recomputed(view.clients_recomputed)}",
         "",
     ]
     if report.health_changes:
@@ -57,6 +58,14 @@ def sync_markdown(report: SyncReport, max_engagements: int = TABLE_LIMIT) -> str
         lines.append("")
     lines += engagement_markdown(view.rows, max_engagements, view.engagements)
     return "\n".join(lines)
+
+
+def _recomputed(clients: int | None) -> str:
+    """Which clients' engagements the run recomputed, for ops."""
+    if clients is None:
+        return "every client's engagements"
+    noun = "client's" if clients == 1 else "clients'"
+    return f"{clients} {noun} engagements (those the pulled changes touched or whose horizon passed; the rest hold)"
 
 
 def engagement_markdown(rows: list[dict[str, Any]], limit: int = TABLE_LIMIT, total: int | None = None) -> list[str]:

@@ -27,7 +27,8 @@ from sqlalchemy import select
 from accord.settings import DEFAULT_MAPPING
 from engagement.mapping import Mapping, load_mapping
 from engagement.records import SourceRecord, iso
-from flows.engine import UNIFY_BASIS, ViewSummary, recompute
+from flows.engine import UNIFY_BASIS, SyncReport, ViewSummary, recompute
+from flows.report import sync_markdown
 from sandbox.generator import generate_world
 from store import Store
 from store.schema import client_counts, engagements
@@ -262,6 +263,11 @@ def test_a_few_changes_recompute_a_few_clients(copy_of: Callable[[], Store], org
     assert summary.clients_recomputed == len(due)
     summary, _, _ = recompute(store, mapping, NOW - timedelta(hours=1))  # nothing due an hour earlier
     assert summary.clients_recomputed == 0
+    shown = sync_markdown(SyncReport(NOW, full=False, view=summary))  # the run's artifact in the Prefect UI
+    assert "**Recomputed:** 0 clients' engagements" in shown
+    store.set_cursor(UNIFY_BASIS)
+    summary, _, _ = recompute(store, mapping, NOW)
+    assert "**Recomputed:** every client's engagements" in sync_markdown(SyncReport(NOW, full=False, view=summary))
 
 
 def test_an_untracked_write_or_another_mapping_recomputes_every_client(
