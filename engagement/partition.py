@@ -19,6 +19,7 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import groupby
@@ -111,7 +112,7 @@ def plan_groups(
     partition: int = 0,
     partitions: int = 1,
     group_size: int = GROUP_SIZE,
-    clients: set[str] | None = None,
+    clients: AbstractSet[str] | None = None,
 ) -> list[Group]:
     """The groups of one partition, in account order; every client of the partition is in one group
     (clients without engagements too: a meeting with several clients is reported by one of them).
@@ -221,7 +222,7 @@ def unify_groups(
     partitions: int = 1,
     group_size: int = GROUP_SIZE,
     directory: Directory | None = None,
-    clients: set[str] | None = None,
+    clients: AbstractSet[str] | None = None,
 ) -> Iterator[tuple[Group, UnifiedView]]:
     """Each group of the partition with its engagements (counts: see ``org_counts``); ``clients``:
     of those clients only (``touched_clients``), None: of all."""

@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -363,7 +364,7 @@ def unify_and_store(
     partition: int = 0,
     partitions: int = 1,
     counts: bool = True,
-    clients: set[str] | frozenset[str] | None = None,
+    clients: AbstractSet[str] | None = None,
     directory: Directory | None = None,
 ) -> tuple[ViewSummary, list[HealthChange]]:
     """Recompute and store the engagements of one partition of clients, group by group, so memory
@@ -376,15 +377,17 @@ def unify_and_store(
     summary = ViewSummary()
     changes: list[HealthChange] = []
     per_client: dict[str, tuple[int, int]] = {}
-    only = set(clients) if clients is not None else None
     groups = unify_groups(
-        store, mapping, now, partition=partition, partitions=partitions, directory=directory, clients=only
+        store, mapping, now, partition=partition, partitions=partitions, directory=directory, clients=clients
     )
     for group, view in groups:
         changes += store.save_engagements(view.engagements, now, view.valid_until)
         per_client.update(group_counts(group, view))
         summary.add(view)
-    in_partition: Callable[[str | None], bool] = lambda client: partition_of(client, partitions) == partition  # noqa: E731
+
+    def in_partition(client: str | None) -> bool:
+        return partition_of(client, partitions) == partition
+
     store.save_client_counts(per_client, replacing=in_partition if clients is None else None)
     live = {o.id for o in directory.opportunities}
     changes += store.drop_engagements_except(live, in_partition)
@@ -485,16 +488,14 @@ def recompute(
     )
     if plan.upto:
         store.clear_touched(plan.upto)
-    store.set_cursor(CursorUpdate(UNIFY_BASIS.source, UNIFY_BASIS.stream, "", plan.basis))
+    store.set_cursor(replace(UNIFY_BASIS, value=plan.basis))
     return summary, changes, figures
 
 
 def forget_touches(store: Store) -> None:
     """For a sync whose engagements are recomputed elsewhere, all of them (``flows.partition``): the
     touches so far need no unify, and the next one here recomputes every client (no basis)."""
-    upto, _ = store.touched_keys()
-    if upto:
-        store.clear_touched(upto)
+    store.clear_touched()
     store.set_cursor(UNIFY_BASIS)
 
 

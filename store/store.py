@@ -903,10 +903,12 @@ class Store:
             keys = conn.execute(select(touched.c.key).where(touched.c.id <= upto).distinct()).scalars()
             return int(upto), set(keys)
 
-    def clear_touched(self, upto: int) -> None:
-        """Forget the touches up to id ``upto`` (the engagements they name are stored); later ones stay."""
+    def clear_touched(self, upto: int | None = None) -> None:
+        """Forget the touches up to id ``upto`` (the engagements they name are stored; later ones
+        stay), or all of them."""
+        statement = delete(touched) if upto is None else delete(touched).where(touched.c.id <= upto)
         with self.engine.begin() as conn:
-            conn.execute(delete(touched).where(touched.c.id <= upto))
+            conn.execute(statement)
 
     def save_client_counts(
         self, counts: MappingType[str, tuple[int, int]], replacing: Callable[[str], bool] | None = None
