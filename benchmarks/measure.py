@@ -312,7 +312,8 @@ def run_size(
     with SandboxProcess(size, seed=seed, latency_ms=latency_ms) as sandbox, tempfile.TemporaryDirectory() as tmp:
         control = sandbox.control
         counts = control.counts()
-        floor = cpu_floor(sandbox, Path(tmp) / "floor.sqlite", mapping_path, latency_ms)
+        # At 0 ms the measured full sync is its own floor: no second run.
+        floor = cpu_floor(sandbox, Path(tmp) / "floor.sqlite", mapping_path, latency_ms) if latency_ms > 0 else None
         url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
         store = Store(url)
         store.create_all()

@@ -78,7 +78,7 @@ def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> s
             f"after the pull (unify in {full.get('unify_processes', 1)} processes)"
         )
     floor = full.get("floor")
-    if floor:
+    if floor and full["bound_s"] > 0:  # no floor (and no bound) at 0 ms: the run itself is the floor
         parts.append(
             f". With no latency at all the same full sync takes {floor['wall_s']} s (Accord {floor['cpu_s']} s "
             f"CPU, sandbox {floor['sandbox_cpu_s']} s, {floor['after_pull_s']} s after the pull)"
