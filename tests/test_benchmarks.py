@@ -241,12 +241,14 @@ def test_the_bench_measures_the_machine_once_before_the_sizes(
     assert "Machine reference: 1.234 s" in capsys.readouterr().out
 
 
-def test_at_no_latency_there_is_no_bound_and_no_second_floor_run() -> None:
+@pytest.mark.parametrize("floor", [None, {"wall_s": 7.0, "cpu_s": 7.9, "sandbox_cpu_s": 1.4, "after_pull_s": 1.35}])
+def test_at_no_latency_there_is_no_bound_and_no_second_floor_run(floor: dict[str, float] | None) -> None:
     """``make bench`` with ``--latency-ms 0``: the bound is 0, so no ratio and no floor (the measured run
-    is its own floor); the report still says what was measured instead of dividing by zero."""
+    is its own floor; results that have one anyway are not divided by the bound); the report still
+    says what was measured instead of dividing by zero."""
     sizes = _sizes(7.0)
     full = sizes["medium"]["full_sync"]
-    full.update(bound_s=0.0, bound_ratio=None, floor=None, bound_s_by_api=dict.fromkeys(full["bound_s_by_api"], 0.0))
+    full.update(bound_s=0.0, bound_ratio=None, floor=floor, bound_s_by_api=dict.fromkeys(full["bound_s_by_api"], 0.0))
     verdict = targets(sizes, "medium")["full_sync_within_1.3x_bound"]
     assert verdict["value"] is None and not verdict["met"]
     assert "wall 11.0 s vs bound 0.0 s" in verdict["why"] and "no latency at all" not in verdict["why"]
