@@ -51,6 +51,12 @@ class Batch:
     seen_ids: list[str] = field(default_factory=list)  # more ids that exist (an id-only listing)
     reconcile: bool = False  # with final=True: what the read saw is all that exists
     meta: dict[str, int] = field(default_factory=dict)  # e.g. {"pages": 3}
+    # Said by a read that settles its records progressively (Jira's full read, project by project):
+    # once this batch is stored, the records this read may still write touch only these keys
+    # (``engagement.records.touch_keys``, ``p:`` keys); any other key is settled for the rest of the
+    # read. None: not said. The sync unifies the clients whose keys are settled while the read goes
+    # on (``flows.engine.EarlyUnify``); such a read's writes are tracked (``Store.apply_batch``).
+    pending: frozenset[str] | None = None
 
     def existing_ids(self) -> list[str]:
         """The ids this batch says exist: its live records' (with ``records_seen``) and ``seen_ids``."""

@@ -240,10 +240,19 @@ def _first_in(owned: set[str]) -> Callable[[list[str]], bool]:
 
 
 def org_counts(source: RecordSource, directory: Directory) -> tuple[int, int]:
-    """(meetings with no client attendee, issues of no engagement) over the whole store, from keys;
-    meetings are resolved ``COUNT_CHUNK`` at a time, with only the contacts their attendees could be."""
+    """(meetings with no client attendee, issues of no engagement) over the whole store, from keys."""
+    return internal_meetings(source, directory), orphan_issues(source, directory)
+
+
+def orphan_issues(source: RecordSource, directory: Directory) -> int:
+    """The stored issues of projects no engagement is linked to (a count of keys)."""
     linked = {project_key(p) for p in directory.base.project.values() if p}
-    orphans = sum(n for key, n in source.key_counts("jira", "issues", "p:").items() if key not in linked)
+    return sum(n for key, n in source.key_counts("jira", "issues", "p:").items() if key not in linked)
+
+
+def internal_meetings(source: RecordSource, directory: Directory) -> int:
+    """The stored meetings with no client attendee: resolved ``COUNT_CHUNK`` at a time, with only the
+    contacts their attendees could be. It depends on the meetings and the directory alone (no issue)."""
     internal = 0
     chunk: list[list[str]] = []
     rows = source.iter_keys("google_calendar", "events", ("e:", MEETING_MARK, UNFAITHFUL))
@@ -258,7 +267,7 @@ def org_counts(source: RecordSource, directory: Directory) -> tuple[int, int]:
         if len(chunk) >= COUNT_CHUNK:
             internal += _without_client(source, directory, chunk)
             chunk = []
-    return internal + _without_client(source, directory, chunk), orphans
+    return internal + _without_client(source, directory, chunk)
 
 
 def _without_client(source: RecordSource, directory: Directory, meetings: list[list[str]]) -> int:
@@ -286,6 +295,17 @@ def group_counts(group: Group, view: UnifiedView) -> dict[str, tuple[int, int]]:
         first = meeting.candidates[0] if meeting.candidates else ""
         counts.setdefault(client_of.get(first, first), [0, 0])[1] += 1
     return {client: (u, a) for client, (u, a) in counts.items()}
+
+
+def client_project_keys(directory: Directory) -> dict[str, frozenset[str]]:
+    """Per client, the ``p:`` keys of the projects its engagements are linked to: the issues its
+    engagements can hold are those of these projects (``touch_keys`` of an issue is its project)."""
+    base = directory.base
+    keys: dict[str, set[str]] = defaultdict(set)
+    for o in directory.opportunities:
+        if project := base.project.get(o.id):
+            keys[o.account_id or ""].add(project_key(project))
+    return {client: frozenset(projects) for client, projects in keys.items()}
 
 
 def touched_clients(

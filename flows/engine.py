@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -40,16 +41,19 @@ from engagement.mapping import Mapping
 from engagement.model import UnifiedView
 from engagement.partition import (
     Directory,
+    client_ids,
+    client_project_keys,
     group_counts,
+    internal_meetings,
     load_directory,
-    org_counts,
+    orphan_issues,
     partition_of,
     touched_clients,
     unify_groups,
 )
 from engagement.records import iso, parse_datetime
 from flows.memory import limit_malloc_arenas, peak_rss_mb
-from flows.unify_child import Failed, Hello, LogLine, Pull, Ready, Unify, relinked
+from flows.unify_child import Failed, Hello, LogLine, Pending, Pull, Ready, Unify, relinked
 from store import BatchResult, CursorUpdate, HealthChange, SeenScope, Store
 
 log = logging.getLogger("accord.sync")
@@ -117,6 +121,7 @@ class ViewSummary:
     groups: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     clients_recomputed: int | None = None  # the clients whose engagements were recomputed; None: all
+    clients_during_pull: int = 0  # of those, unified while a slower pull went on (``EarlyUnify``)
 
     def add(self, view: UnifiedView) -> None:
         self.groups += 1
@@ -196,6 +201,7 @@ class SyncReport:
             "issues_without_engagement": view.issues_without_engagement if view else None,
             "meetings_internal": view.meetings_internal if view else None,
             "clients_recomputed": view.clients_recomputed if view else None,
+            "clients_during_pull": view.clients_during_pull if view else None,
             "health_changes": [
                 {"id": c.engagement_id, "from": c.previous, "to": c.current} for c in self.health_changes
             ],
@@ -257,6 +263,10 @@ def _reconcile_due(store: Store, source: str, unit: WorkUnit, every: timedelta, 
     return last is None or now - last >= every
 
 
+# What a pull says of its progress: the source, and the touch keys its read may still write (``Batch.pending``).
+Progress = Callable[[str, frozenset[str]], None]
+
+
 def pull_unit(
     connector: SourceConnector,
     store: Store,
@@ -266,6 +276,7 @@ def pull_unit(
     full: bool,
     reconcile: bool,
     stats: StreamStats,
+    progress: Progress | None = None,
 ) -> None:
     """Pull one unit: each batch stored with its cursor. The ids a reconciling read says exist are
     staged in the store page by page, with the page's records; the batch with ``reconcile`` marks
@@ -273,6 +284,10 @@ def pull_unit(
 
     Only this pull's staged ids count (``SeenScope.run`` is unique to it); when it starts staging,
     what an earlier pull of the unit left (a crash before its reconcile) is dropped.
+
+    A batch that says what is still ``pending`` is passed on to ``progress`` once it is stored, and
+    from it on the read's writes are tracked, so that what it changes after a client was unified
+    early is seen by the sync's final unify (``EarlyUnify``).
     """
     source = connector.source
     cursor = None if full else store.get_cursor(source, unit.stream, unit.partition)
@@ -282,6 +297,7 @@ def pull_unit(
     for batch in connector.read(unit, cursor, upper=upper, full=full, reconcile=reconcile):
         if (batch.stream, batch.partition) != (unit.stream, unit.partition):
             raise ValueError(f"{source}: a batch of {batch.stream}/{batch.partition} in the read of {unit}")
+        track = track or batch.pending is not None
         update = CursorUpdate(source, unit.stream, unit.partition, batch.cursor) if batch.cursor else None
         existing = batch.existing_ids()
         if existing and not staged:
@@ -296,6 +312,8 @@ def pull_unit(
         else:
             result = store.apply_batch(batch.records, update, seen=seen, seen_ids=existing, track=track)
         stats.add_batch(batch, result)
+        if batch.pending is not None and progress is not None:
+            progress(source, batch.pending)
         # Not held while the connector fetches and decodes the next page: at most one page per
         # thread is alive (``benchmarks/probe_pull.py``).
         del batch, existing
@@ -318,10 +336,12 @@ def pull_source(
     full: bool,
     reconcile: bool | None = None,
     connector_factory: Callable[[str, AccordSettings, Mapping], SourceConnector] = build_connector,
+    progress: Progress | None = None,
 ) -> SourceReport:
     """Pull every unit of one source, up to the source's concurrency setting at a time: here, or in a
     unify child of the sync when one takes ``source`` (``UnifyPool.pull``) and no request budget
-    throttles it (the budget's throttle lives in this process)."""
+    throttles it (the budget's throttle lives in this process). ``progress``: see ``pull_unit``."""
+    started = time.perf_counter()
     elsewhere = PULLS_ELSEWHERE.get()
     if (
         elsewhere is not None
@@ -329,9 +349,11 @@ def pull_source(
         and get_throttle(source) is None
         and elsewhere.takes(source)
     ):
-        return elsewhere.pull(source, settings, mapping, upper=upper, full=full, reconcile=reconcile)
+        pulled = elsewhere.pull(source, settings, mapping, upper=upper, full=full, reconcile=reconcile)
+        # As this sync saw it: with the wait for the child to start and for its answer.
+        pulled.seconds = max(pulled.seconds, time.perf_counter() - started)
+        return pulled
     report = SourceReport(source)
-    started = time.perf_counter()
     connector = connector_factory(source, settings, mapping)
     try:
         units = connector.work_units()
@@ -343,7 +365,7 @@ def pull_source(
             stats = report.stats(unit.stream)
             due = reconcile if reconcile is not None else _reconcile_due(store, source, unit, every, upper)
             unit_started = time.perf_counter()
-            pull_unit(connector, store, unit, upper=upper, full=full, reconcile=due, stats=stats)
+            pull_unit(connector, store, unit, upper=upper, full=full, reconcile=due, stats=stats, progress=progress)
             stats.partitions += 1
             stats.seconds += time.perf_counter() - unit_started
 
@@ -366,11 +388,13 @@ def unify_and_store(
     counts: bool = True,
     clients: AbstractSet[str] | None = None,
     directory: Directory | None = None,
+    internal: int | None = None,
 ) -> tuple[ViewSummary, list[HealthChange]]:
     """Recompute and store the engagements of one partition of clients, group by group, so memory
     holds one group's issues and meetings at a time; drop the partition's vanished engagements.
     ``counts``: also compute the org-wide counts (``org_counts``), which do not depend on the
-    partition: one of the partitions of a run computes them, the others leave them 0. ``clients``:
+    partition: one of the partitions of a run computes them, the others leave them 0; ``internal``:
+    the meetings without a client attendee, when counted already (``EarlyUnify``). ``clients``:
     only those clients' (``plan_recompute``); the summary then covers those only (``stored_summary``
     gives the whole one)."""
     directory = directory or load_directory(store, mapping)
@@ -392,7 +416,8 @@ def unify_and_store(
     live = {o.id for o in directory.opportunities}
     changes += store.drop_engagements_except(live, in_partition)
     if counts:
-        summary.meetings_internal, summary.issues_without_engagement = org_counts(store, directory)
+        summary.meetings_internal = internal_meetings(store, directory) if internal is None else internal
+        summary.issues_without_engagement = orphan_issues(store, directory)
     summary.keep_worst()
     return summary, changes
 
@@ -427,12 +452,16 @@ class RecomputePlan:
     basis: str
     directory: Directory
     touched: int  # distinct touch keys read
+    meetings_internal: int | None = None  # counted already (``EarlyUnify``): the unify need not
 
 
-def plan_recompute(store: Store, mapping: Mapping, now: datetime) -> RecomputePlan:
-    directory = load_directory(store, mapping)
+def plan_recompute(
+    store: Store, mapping: Mapping, now: datetime, *, after: int = 0, directory: Directory | None = None
+) -> RecomputePlan:
+    """``after``: only the touches written after that ``touched`` id count (``EarlyUnify``)."""
+    directory = directory or load_directory(store, mapping)
     basis = unify_basis(mapping)
-    upto, keys = store.touched_keys()
+    upto, keys = store.touched_keys(after)
     clients: set[str] | None = None
     if store.get_cursor(UNIFY_BASIS.source, UNIFY_BASIS.stream) == basis:
         clients = touched_clients(store, directory, keys, store.engagement_clients())
@@ -441,7 +470,7 @@ def plan_recompute(store: Store, mapping: Mapping, now: datetime) -> RecomputePl
     return RecomputePlan(frozenset(clients) if clients is not None else None, upto, basis, directory, len(keys))
 
 
-def stored_summary(store: Store, computed: ViewSummary, recomputed: int) -> ViewSummary:
+def stored_summary(store: Store, computed: ViewSummary, recomputed: int | None) -> ViewSummary:
     """The summary of every stored engagement after a unify that recomputed some clients (``computed``
     is what it recomputed; its org-wide counts are kept)."""
     unknown, ambiguous = store.client_count_totals()
@@ -460,18 +489,28 @@ def stored_summary(store: Store, computed: ViewSummary, recomputed: int) -> View
 
 
 def recompute(
-    store: Store, mapping: Mapping, now: datetime, pool: UnifyPool | None = None
+    store: Store, mapping: Mapping, now: datetime, pool: UnifyPool | None = None, early: EarlyUnify | None = None
 ) -> tuple[ViewSummary, list[HealthChange], list[PartitionFigures]]:
     """The sync's unify: recompute and store the engagements of the clients ``plan_recompute`` names
     (in the pool's processes, or here), then forget the touches it read and note the basis. A unify
-    that fails forgets nothing, and the next one recomputes every client."""
-    plan = plan_recompute(store, mapping, now)
+    that fails forgets nothing, and the next one recomputes every client. After ``early`` rounds
+    (``EarlyUnify``), the clients they did not unify and those touched since are recomputed."""
+    recomputed: int | None = None
+    if early is not None and early.plan is not None:
+        plan, recomputed = early.final_plan(now)
+    else:
+        plan = plan_recompute(store, mapping, now)
+        recomputed = None if plan.clients is None else len(plan.clients)
     figures: list[PartitionFigures] = []
     try:
         if pool is not None:
             summary, changes, figures = pool.unify_and_store(store, mapping, now, plan)
         else:
-            summary, changes = unify_and_store(store, mapping, now, clients=plan.clients, directory=plan.directory)
+            summary, changes = unify_and_store(
+                store, mapping, now, clients=plan.clients, directory=plan.directory, internal=plan.meetings_internal
+            )
+        if early is not None and early.plan is not None:
+            early.settle_counts()
     except Exception:
         # Some partitions may be stored, others not: the next sync recomputes every client.
         try:
@@ -480,16 +519,177 @@ def recompute(
             log.warning("could not forget the unify basis after a failed unify: %s", _one_line(exc))
         raise
     if plan.clients is not None:
-        summary = stored_summary(store, summary, len(plan.clients))
+        summary = stored_summary(store, summary, recomputed)
+    if early is not None:
+        changes = early.changes + changes
+        summary.clients_during_pull = len(early.clients)
     log.info(
         "engagements of %s clients recomputed (%d touch keys)",
-        "all" if plan.clients is None else len(plan.clients),
+        "all" if recomputed is None else recomputed,
         plan.touched,
     )
     if plan.upto:
         store.clear_touched(plan.upto)
     store.set_cursor(replace(UNIFY_BASIS, value=plan.basis))
     return summary, changes, figures
+
+
+class EarlyUnify:
+    """The sync's unify of the clients whose records are all stored, while a slower pull in a unify
+    child goes on: Jira's full read settles its projects chunk by chunk (``Batch.pending``), and the
+    sync's own process is idle once its pulls have ended.
+
+    ``run``, in the sync's thread after its own pulls: each time the child says fewer projects are
+    pending (``UnifyPool.pull`` hands ``pending`` over), the clients still to recompute none of whose
+    projects is pending are unified here, one round, while the child reads on. The first round takes
+    the plan (``plan_recompute``: the touches so far, up to id ``upto``, and the basis); ``recompute``
+    then unifies the clients no round did, and every client the writes after ``upto`` touch (a read
+    that says ``pending`` is tracked: an issue moved out of a settled project, or deleted by the
+    read's reconcile, names it). That is sound because the pull's batches are stored one after
+    another by one thread, after every other pull ended: a touch not yet committed when ``upto`` was
+    read gets a larger id, on SQLite and PostgreSQL alike.
+    """
+
+    def __init__(self, store: Store, mapping: Mapping, now: datetime) -> None:
+        self.store, self.mapping, self.now = store, mapping, now
+        self._events: queue.Queue[tuple[str, frozenset[str] | None]] = queue.Queue()
+        self.plan: RecomputePlan | None = None  # the first round's
+        self.candidates: frozenset[str] = frozenset()  # the clients that plan recomputes
+        self.clients: set[str] = set()  # those unified by the rounds
+        self._rounds: list[tuple[int, frozenset[str]]] = []  # each round's last touch id before it read, and clients
+        self.changes: list[HealthChange] = []
+        self.rounds = 0
+        self.seconds = 0.0
+        self.cpu_s = 0.0
+        self.failed = False
+        self._projects: dict[str, frozenset[str]] = {}
+        self.internal: int | None = None  # meetings without a client attendee
+
+    def pending(self, source: str, keys: frozenset[str]) -> None:
+        """Thread-safe: what ``source``'s read may still write (``Batch.pending``), now stored."""
+        self._events.put((source, keys))
+
+    def finished(self, source: str) -> None:
+        """Thread-safe: ``source``'s pull has ended (done or failed)."""
+        self._events.put((source, None))
+
+    def run(self, running: AbstractSet[str]) -> None:
+        """Until every source of ``running`` has finished: a round after each change of what they
+        have pending, once each of them has said it (a source that says nothing allows no round).
+        Run it on a thread of its own: on Linux it lowers that thread's priority (``ROUND_NICE``), so
+        the cores go to the pulls first, and the rounds take what they leave."""
+        waiting = set(running)
+        pending: dict[str, frozenset[str]] = {}
+        nice = ROUND_NICE if sys.platform.startswith("linux") else 0
+        if nice:  # this thread only (Linux's per-thread priority); a thread cannot take it back
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        while waiting:
+            events = [self._events.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    events.append(self._events.get_nowait())
+            for source, keys in events:
+                if keys is None:
+                    waiting.discard(source)
+                    pending.pop(source, None)
+                elif source in waiting:
+                    pending[source] = keys
+            if waiting and waiting <= pending.keys():
+                self.unify_settled(frozenset().union(*(pending[source] for source in waiting)))
+        log.info(
+            "during the pull: %d clients unified in %d rounds, %.2f s (%.2f s of CPU)",
+            len(self.clients),
+            self.rounds,
+            self.seconds,
+            self.cpu_s,
+        )
+
+    def unify_settled(self, pending: frozenset[str]) -> int:
+        """One round: the clients still to recompute none of whose projects is ``pending``; how many.
+        A round that fails ends the rounds (its clients are left to ``recompute``)."""
+        if self.failed or any(key[:2] != "p:" for key in pending):
+            return 0  # after a failure, or keys other than projects (nothing known settled)
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            settled = self._unify_settled(pending)
+        except Exception as exc:
+            self.failed = True
+            log.warning("unify during the pull failed, left to the unify after it: %s", _one_line(exc))
+            return 0
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.cpu_s += time.thread_time() - cpu
+        if settled:
+            log.info(
+                "unified %d clients during the pull (round %d, %d pending projects)",
+                len(settled),
+                self.rounds,
+                len(pending),
+            )
+        return len(settled)
+
+    def _unify_settled(self, pending: frozenset[str]) -> frozenset[str]:
+        if self.plan is None:
+            plan = plan_recompute(self.store, self.mapping, self.now)
+            projects = client_project_keys(plan.directory)
+            internal = internal_meetings(self.store, plan.directory)  # the calendars are pulled
+            self.candidates = frozenset(client_ids(plan.directory) if plan.clients is None else plan.clients)
+            self.plan, self._projects, self.internal = plan, projects, internal
+            upto = plan.upto
+        else:
+            upto = self.store.touched_upto()
+        settled = frozenset(
+            client for client in self.candidates - self.clients if not self._projects.get(client, frozenset()) & pending
+        )
+        if settled:
+            _, changes = unify_and_store(
+                self.store, self.mapping, self.now, counts=False, clients=settled, directory=self.plan.directory
+            )
+            self.clients |= settled
+            self._rounds.append((upto, settled))
+            self.changes += changes
+            self.rounds += 1
+        return settled
+
+    def final_plan(self, now: datetime) -> tuple[RecomputePlan, int | None]:
+        """What ``recompute`` unifies after the rounds, and how many clients the sync recomputed in
+        all (None: every one): the clients to recompute that no round unified; any other client a
+        write after the first round's start touched, unless a round unified it and no write after
+        that round's start touched it; and those due."""
+        first = self.plan
+        if first is None:
+            raise RuntimeError("no round was planned")
+        stored = self.store.engagement_clients()
+        upto, keys = self.store.touched_keys(first.upto)
+        since_first = touched_clients(self.store, first.directory, keys, stored)
+        final: frozenset[str] | None = None
+        if since_first is not None:
+            stale = (set(self.candidates) | since_first) - self.clients
+            for start, unified in self._rounds:
+                touched = since_first if start == first.upto else self._touched_after(start, stored)
+                stale |= unified if touched is None else touched & unified
+            stale.update(client or "" for client in self.store.engagements_due(now).values())
+            final = frozenset(stale)
+        plan = RecomputePlan(
+            final, max(upto, first.upto), first.basis, first.directory, first.touched + len(keys), self.internal
+        )
+        if final is None or first.clients is None:
+            return plan, None
+        return plan, len(final | self.clients)
+
+    def _touched_after(self, start: int, stored: dict[str, str | None]) -> set[str] | None:
+        """The clients the touches after id ``start`` name (None: every one)."""
+        assert self.plan is not None
+        _, keys = self.store.touched_keys(start)
+        return touched_clients(self.store, self.plan.directory, keys, stored)
+
+    def settle_counts(self) -> None:
+        """After a first plan of every client, drop the stored counts of clients that are gone, as a
+        unify of every client does (``unify_and_store``'s ``replacing``)."""
+        if self.plan is not None and self.plan.clients is None:
+            everyone = client_ids(self.plan.directory)
+            self.store.save_client_counts({}, replacing=lambda client: client not in everyone)
 
 
 def forget_touches(store: Store) -> None:
@@ -567,8 +767,9 @@ def child_store(url: str) -> Iterator[Store]:
         store.dispose()
 
 
-def pull_in_child(url: str, request: Pull) -> SourceReport:
-    """A source's pull in a unify child; its errors go back as they are (``portable``)."""
+def pull_in_child(url: str, request: Pull, progress: Progress | None = None) -> SourceReport:
+    """A source's pull in a unify child; its errors go back as they are (``portable``); ``progress``
+    sends what its read says is pending to the sync's process."""
     with child_store(url) as store:
         report = pull_source(
             request.source,
@@ -578,6 +779,7 @@ def pull_in_child(url: str, request: Pull) -> SourceReport:
             upper=request.upper,
             full=request.full,
             reconcile=request.reconcile,
+            progress=progress,
         )
     report.in_child = True
     return report
@@ -661,6 +863,7 @@ class UnifyPool:
             raise
         self._started = False
         self._start_lock = threading.Lock()
+        self.early: EarlyUnify | None = None  # told what the children's pulls have pending
         self.own_s = self.waited_s = 0.0  # the last tail: this process's partition, then the wait for the others
 
     @staticmethod
@@ -749,6 +952,10 @@ class UnifyPool:
         answer = None
         if self._send(child, Pull(source, settings, mapping, upper, full, reconcile)):
             answer = self._receive(child)
+            while isinstance(answer, Pending):
+                if self.early is not None:
+                    self.early.pending(answer.source, answer.keys)
+                answer = self._receive(child)
         if isinstance(answer, SourceReport):
             return answer
         if isinstance(answer, Failed):
@@ -785,6 +992,7 @@ class UnifyPool:
             counts=True,
             clients=plan.clients if plan is not None else None,
             directory=plan.directory if plan is not None else None,
+            internal=plan.meetings_internal if plan is not None else None,
         )
         self.own_s = time.perf_counter() - clock
         parts = [(summary, changes)]
@@ -908,6 +1116,44 @@ def fewer_collections(threshold: int = 50_000) -> Iterator[None]:
                 gc.unfreeze()
 
 
+def _report_of(source: str, wait: Callable[[], SourceReport]) -> SourceReport:
+    """The pull's report, or one that says how it failed."""
+    try:
+        return wait()
+    except Exception as exc:
+        log.error("%s pull failed: %s", source, exc)
+        return SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+
+
+def wait_for_pulls(
+    waits: dict[str, Callable[[], SourceReport]], early: EarlyUnify | None, elsewhere: AbstractSet[str]
+) -> dict[str, SourceReport]:
+    """Each source's report, in the order of ``waits``. With ``early``: the pulls of this process
+    first, then ``early.run`` while those of ``elsewhere`` (the unify children's) go on, each waited
+    for on a thread of its own that says when it ended."""
+    late = [source for source in waits if source in elsewhere] if early is not None else []
+    reports = {source: _report_of(source, wait) for source, wait in waits.items() if source not in late}
+    if early is not None and late:
+
+        def wait_late(source: str) -> None:
+            try:
+                reports[source] = _report_of(source, waits[source])
+            finally:
+                early.finished(source)
+
+        threads = [threading.Thread(target=wait_late, args=(s,), name=f"wait-{s}", daemon=True) for s in late]
+        # The rounds on a thread of their own, which lowers its priority (``EarlyUnify.run``).
+        threads.append(threading.Thread(target=early.run, args=(set(late),), name="early-unify", daemon=True))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return {source: reports[source] for source in waits}
+
+
+ROUND_NICE = 10  # the early unify's thread yields the cores to the pulls still under way
+
+
 def run_sync(
     settings: AccordSettings,
     mapping: Mapping,
@@ -959,19 +1205,19 @@ def _run_sync(
     try:
         import_connectors(sources)
         elsewhere = PULLS_ELSEWHERE.set(pool)
+        early = None
+        if pool is not None and pool.pulls:
+            early = pool.early = EarlyUnify(store, mapping, started)
         try:
             waits = (pull_all or threaded_pull_all(settings, mapping, store))(sources, started, full, reconcile)
-            for source, wait in waits.items():
-                try:
-                    report.sources[source] = wait()
-                except Exception as exc:
-                    log.error("%s pull failed: %s", source, exc)
-                    report.sources[source] = SourceReport(source, error=f"{type(exc).__name__}: {exc}")
+            report.sources.update(wait_for_pulls(waits, early, set(pool.pulls) if pool is not None else set()))
         finally:
             PULLS_ELSEWHERE.reset(elsewhere)
         if unify:  # else the caller has the engagements recomputed elsewhere (flows.partition)
             try:
-                report.view, report.health_changes, report.unify_children = recompute(store, mapping, started, pool)
+                report.view, report.health_changes, report.unify_children = recompute(
+                    store, mapping, started, pool, early
+                )
             except UnifyFailedError as exc:
                 report.seconds = time.perf_counter() - clock
                 store.finish_run(run_id, "failed", report.to_json() | {"error": str(exc)})

@@ -50,7 +50,7 @@ def sync_markdown(report: SyncReport, max_engagements: int = TABLE_LIMIT) -> str
         f"**Engagements:** {view.engagements} — " + ", ".join(f"{HEALTH_MARK[k]} {v}" for k, v in counts.items()),
         f"**Unknown stakeholders to review:** {view.unknown_stakeholders} — "
         f"**ambiguous meetings:** {view.ambiguous_meetings}",
-        f"**Recomputed:** {_recomputed(view.clients_recomputed)}",
+        f"**Recomputed:** {_recomputed(view.clients_recomputed, view.clients_during_pull)}",
         "",
     ]
     if report.health_changes:
@@ -60,12 +60,15 @@ def sync_markdown(report: SyncReport, max_engagements: int = TABLE_LIMIT) -> str
     return "\n".join(lines)
 
 
-def _recomputed(clients: int | None) -> str:
-    """Which clients' engagements the run recomputed, for ops."""
+def _recomputed(clients: int | None, during: int = 0) -> str:
+    """Which clients' engagements the run recomputed, and how many while a pull went on, for ops."""
+    early = f" ({during} of them while a slower pull went on: their records were all in)" if during else ""
     if clients is None:
-        return "every client's engagements"
+        return f"every client's engagements{early}"
     noun = "client's" if clients == 1 else "clients'"
-    return f"{clients} {noun} engagements (those the pulled changes touched or whose horizon passed; the rest hold)"
+    return (
+        f"{clients} {noun} engagements (those the pulled changes touched or whose horizon passed; the rest hold){early}"
+    )
 
 
 def engagement_markdown(rows: list[dict[str, Any]], limit: int = TABLE_LIMIT, total: int | None = None) -> list[str]:

@@ -10,7 +10,8 @@ imports what the unify needs and nothing of the parent's.
 
 Messages are pickles on the standard streams: in, ``Hello`` then ``Pull`` and ``Unify`` requests;
 out, ``Ready`` then one ``SourceReport``, ``PartitionResult`` or ``Failed`` per request, with
-``LogLine``s before it: the child's log records, handled by the sync's loggers as if logged there.
+``LogLine``s before it: the child's log records, handled by the sync's loggers as if logged there;
+during a pull, ``Pending`` says what its read has left to write (``flows.engine.EarlyUnify``).
 The protocol has the real standard output to itself: file descriptor 1 is pointed at standard
 error, so a stray print cannot corrupt it. The parent's end closing (its process ended, or
 ``UnifyPool.close``) ends the child.
@@ -66,6 +67,14 @@ class Pull:
     upper: datetime
     full: bool
     reconcile: bool | None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Sent during a pull: the touch keys its read may still write (``Batch.pending``), once stored."""
+
+    source: str
+    keys: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -208,7 +217,11 @@ def main() -> int:
             return 0
         try:
             if isinstance(request, messages.Pull):
-                result: Any = pull_in_child(hello.url, request)
+                result: Any = pull_in_child(
+                    hello.url,
+                    request,
+                    lambda source, keys: messages.send(protocol_out, messages.Pending(source, keys)),
+                )
             else:
                 result = unify_partition_in_child(
                     hello.url, request.mapping, request.now, request.partition, request.partitions, request.clients

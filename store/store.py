@@ -893,15 +893,21 @@ class Store:
                 for row in conn.execute(select(engagements.c.id, engagements.c.client_id).where(due))
             }
 
-    def touched_keys(self) -> tuple[int, set[str]]:
+    def touched_keys(self, after: int = 0) -> tuple[int, set[str]]:
         """What the pulls changed since the engagements were last computed: the largest ``touched`` id
-        and every key up to it (``clear_touched`` drops those once the engagements are stored)."""
+        and every key up to it (``clear_touched`` drops those once the engagements are stored);
+        ``after``: only the touches with a larger id (those written after an earlier look)."""
         with self.engine.connect() as conn:
             upto = conn.execute(select(func.max(touched.c.id))).scalar_one_or_none()
-            if upto is None:
-                return 0, set()
-            keys = conn.execute(select(touched.c.key).where(touched.c.id <= upto).distinct()).scalars()
-            return int(upto), set(keys)
+            if upto is None or upto <= after:
+                return max(after, upto or 0), set()
+            query = select(touched.c.key).where(touched.c.id > after, touched.c.id <= upto).distinct()
+            return int(upto), set(conn.execute(query).scalars())
+
+    def touched_upto(self) -> int:
+        """The largest ``touched`` id (0: none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(touched.c.id))).scalar_one_or_none() or 0)
 
     def clear_touched(self, upto: int | None = None) -> None:
         """Forget the touches up to id ``upto`` (the engagements they name are stored; later ones

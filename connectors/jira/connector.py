@@ -54,7 +54,7 @@ from connectors.retry import call_with_retry
 from connectors.settings import JiraSettings
 from connectors.stamps import iso_stamp
 from engagement.mapping import Mapping
-from engagement.records import SourceRecord, iso, parse_datetime
+from engagement.records import SourceRecord, iso, parse_datetime, project_key
 
 log = logging.getLogger("accord.connectors.jira")
 T = TypeVar("T")
@@ -537,7 +537,11 @@ class JiraConnector:
         ``concurrency`` chunks (at least two per worker, as many as the limit of 50 needs), whose
         sizes differ by one key at most: every worker reads as many chunks of about the same size
         and they finish together. Cut in chunks of 50, the medium org's 689 projects made 14 chunks
-        for 4 workers: two workers read a fourth chunk alone for the last 2 of 10 s (at 50 ms)."""
+        for 4 workers: two workers read a fourth chunk alone for the last 2 of 10 s (at 50 ms).
+
+        Then the last wave (one chunk per worker) is cut in halves: the projects the workers settle
+        together at the very end are half as many (the sync unifies the clients of settled projects
+        while the read goes on, ``Batch.pending``), for one more partial page per worker."""
         if not spread:
             return [keys[i : i + MAX_KEYS_PER_QUERY] for i in range(0, len(keys), MAX_KEYS_PER_QUERY)]
         workers = self.settings.concurrency
@@ -552,6 +556,11 @@ class JiraConnector:
             end = start + size + (1 if index < larger else 0)
             chunks.append(keys[start:end])
             start = end
+        if workers > 1 and count >= 2 * workers and size >= 2:
+            last = chunks[-workers:]
+            chunks[-workers:] = [
+                half for chunk in last for half in (chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :])
+            ]
         return chunks
 
     def _records(self, page: list[dict[str, Any]]) -> list[SourceRecord]:
@@ -604,17 +613,16 @@ class JiraConnector:
         yield Batch(STREAM, "", [], cursor=iso(upper), final=True, reconcile=closes, meta={"pages": 0})
 
     def _read_full(self, reconcile: list[str]) -> Iterator[Batch]:
+        """Every issue of every project, ``concurrency`` chunks of projects at a time. The first batch
+        names the projects still to read (``Batch.pending``, as ``p:`` keys); the batch that holds a
+        chunk's last page names them without that chunk's: its projects are settled, and the sync
+        may unify their clients while the other chunks are read (``flows.engine.EarlyUnify``)."""
         keys = self.project_keys()
-        tasks: list[Callable[[], Iterator[list[SourceRecord]]]] = [
-            partial(
-                self._record_pages,
-                f"{jql.project_in(chunk)} ORDER BY key ASC",
-                fields=self.fields,
-                page_size=self.mapping.jira.page_size,
-                reconcile=reconcile,
-                what=f"read issues of {len(chunk)} projects",
-            )
-            for chunk in self._chunks(keys, spread=True)
+        chunks = self._chunks(keys, spread=True)
+        pending = {project_key(key) for key in keys}
+        yield Batch(STREAM, "", [], records_seen=True, pending=frozenset(pending), meta={"pages": 0})
+        tasks: list[Callable[[], Iterator[tuple[list[SourceRecord], tuple[str, ...]]]]] = [
+            partial(self._chunk_pages, chunk, reconcile) for chunk in chunks
         ]
         # Pages of several projects interleave: no cursor until the whole read is stored, so pages
         # go to the store several at a time (at most FULL_BATCH_PAGES more pages of records held).
@@ -622,16 +630,43 @@ class JiraConnector:
         # ids, commit): in batches of 5 pages instead of 1, the medium org's full pull of Jira took
         # 2.8-3.1 s of store CPU instead of 3.9-4.7 s, 7.3-8.2 s in all instead of 8.9-10.6 s
         # (``benchmarks.profile_pull --sources jira``, 0 ms, medians of 3 in two interleaved pairs).
-        pending: list[SourceRecord] = []
+        # A chunk that ends sends what is held at once, with the projects it settles.
+        held: list[SourceRecord] = []
         pages = 0
-        for records in self._parallel(tasks):
-            pending.extend(records)
-            pages += 1
-            if pages >= FULL_BATCH_PAGES:
-                yield Batch(STREAM, "", pending, records_seen=True, meta={"pages": pages})
-                pending, pages = [], 0
+        for records, done in self._parallel(tasks):
+            if records:
+                held.extend(records)
+                pages += 1
+            if done:
+                pending.difference_update(project_key(key) for key in done)
+            if pages >= FULL_BATCH_PAGES or done:
+                yield Batch(
+                    STREAM,
+                    "",
+                    held,
+                    records_seen=True,
+                    meta={"pages": pages},
+                    pending=frozenset(pending) if done else None,
+                )
+                held, pages = [], 0
         if pages:
-            yield Batch(STREAM, "", pending, records_seen=True, meta={"pages": pages})
+            yield Batch(STREAM, "", held, records_seen=True, meta={"pages": pages})
+
+    def _chunk_pages(
+        self, chunk: list[str], reconcile: Sequence[str]
+    ) -> Iterator[tuple[list[SourceRecord], tuple[str, ...]]]:
+        """One chunk's pages of records, then the chunk's project keys: every issue of those projects
+        has been handed over."""
+        pages = self._record_pages(
+            f"{jql.project_in(chunk)} ORDER BY key ASC",
+            fields=self.fields,
+            page_size=self.mapping.jira.page_size,
+            reconcile=reconcile,
+            what=f"read issues of {len(chunk)} projects",
+        )
+        for records in pages:
+            yield records, ()
+        yield [], tuple(chunk)
 
     def _record_pages(
         self, query: str, *, fields: Sequence[str], page_size: int, reconcile: Sequence[str], what: str

@@ -42,7 +42,7 @@ from connectors.jira.errors import classify
 from connectors.retry import RetrySettings
 from connectors.settings import JiraSettings
 from engagement.mapping import Mapping, load_mapping
-from engagement.records import SourceRecord, WorkItem, iso, parse_datetime
+from engagement.records import SourceRecord, WorkItem, iso, parse_datetime, project_key
 from flows.engine import pull_source
 from sandbox.clock import Clock
 from sandbox.credentials import JiraCredentials
@@ -262,8 +262,11 @@ def test_full_read_equals_the_emulators_issues(site: Site, mapping: Mapping) -> 
     assert summary["GET serverInfo"] <= 4  # one client per concurrent worker, never one per page
     searches = site.searches()
     assert len(searches) == summary["GET search_jql"] == sum(b.meta["pages"] for b in pages)
-    # Pages reach the store several at a time, fewer only at the end.
-    assert all(b.meta["pages"] == FULL_BATCH_PAGES for b in pages[:-1]) and pages[-1].meta["pages"] > 0
+    # Pages reach the store several at a time, fewer only where a chunk of projects ends (its
+    # projects are settled at once, ``Batch.pending``) or at the end; the first batch says what is pending.
+    assert pages[0].pending is not None and pages[0].meta["pages"] == 0
+    assert all(b.meta["pages"] == FULL_BATCH_PAGES for b in pages[1:-1] if b.pending is None)
+    assert all(0 < b.meta["pages"] <= FULL_BATCH_PAGES for b in pages[1:] if b.pending is None)
     for s in searches:
         assert s.path == "/rest/api/3/search/jql" and s.status == 200
         assert s.query["fields"] == [
@@ -325,6 +328,7 @@ def test_full_read_streams_pages_and_stops_its_workers_when_abandoned(site: Site
     connector = site.connector(with_jira(mapping, page_size=5), concurrency=2)
     reader = connector.read(UNIT, None, upper=datetime.now(UTC), full=True, reconcile=False)
     assert isinstance(reader, Generator)
+    assert next(reader).pending  # what the read has to settle: every project
     first = next(reader)
     assert len(first.records) == 5 * FULL_BATCH_PAGES and first.cursor is None
     # While the reader holds a batch, the workers fill a queue of 2 * workers and then wait: pages
@@ -339,20 +343,51 @@ def test_full_read_streams_pages_and_stops_its_workers_when_abandoned(site: Site
     assert len(site.searches()) == fetched
 
 
-@pytest.mark.parametrize("projects", [0, 1, 3, 10, 49, 200, 689, 5000])
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_full_read_says_which_projects_are_still_pending(site: Site, mapping: Mapping, concurrency: int) -> None:
+    """The first batch names every project as pending; a batch names fewer only once every issue of
+    the projects it drops has been handed over (none comes after); the last pending set is empty."""
+    connector = site.connector(mapping, concurrency=concurrency)
+    batches = read(connector, None, upper=datetime.now(UTC))
+    connector.close()
+    first = batches[0]
+    assert not first.records and first.pending == {project_key(k) for k in all_project_keys(site)}
+    pending = set(first.pending)
+    settled_at: list[int] = []
+    for index, batch in enumerate(batches[1:], start=1):
+        assert all(project_key(r.data["project"]) in pending for r in batch.records)
+        if batch.pending is not None:
+            assert batch.pending < pending
+            pending = set(batch.pending)
+            settled_at.append(index)
+    assert pending == set()
+    assert len(settled_at) == len(connector._chunks(all_project_keys(site), spread=True)) > 1
+    assert settled_at[0] < len(batches) - 2  # projects settle while others are still read
+
+
+@pytest.mark.parametrize("projects", [0, 1, 3, 10, 16, 49, 200, 689, 5000])
 @pytest.mark.parametrize("concurrency", [1, 3, 4])
 def test_full_read_chunks_are_dealt_evenly_to_the_workers(site: Site, projects: int, concurrency: int) -> None:
     """A multiple of ``concurrency`` chunks (at least two per worker, at most 50 keys each), sizes
-    one key apart at most, in key order: the workers read equal shares and finish together."""
+    one key apart at most, in key order: the workers read equal shares and finish together. With
+    several workers and chunks of two keys or more, the last wave is cut in halves: what settles at
+    the very end is half as much."""
     connector = site.connector(load_mapping("mappings/default.yaml"), concurrency=concurrency)
     keys = [f"P{i:05d}" for i in range(projects)]
     chunks = connector._chunks(keys, spread=True)
     connector.close()
     assert [k for chunk in chunks for k in chunk] == keys
     assert all(0 < len(c) <= 50 for c in chunks)
-    assert len(chunks) == min(projects, max(2 * concurrency, -(-projects // 50 // concurrency) * concurrency))
-    if chunks:
-        assert max(map(len, chunks)) - min(map(len, chunks)) <= 1
+    dealt = min(projects, max(2 * concurrency, -(-projects // 50 // concurrency) * concurrency))
+    halved = concurrency > 1 and dealt >= 2 * concurrency and projects // max(dealt, 1) >= 2
+    assert len(chunks) == dealt + (concurrency if halved else 0)
+    waves = chunks[: dealt - concurrency] if halved else chunks
+    if waves:
+        assert max(map(len, waves)) - min(map(len, waves)) <= 1
+    if halved:
+        last = chunks[dealt - concurrency :]
+        assert len(last) == 2 * concurrency
+        assert max(map(len, last)) <= -(-max(map(len, waves)) // 2)
 
 
 def all_project_keys(site: Site) -> list[str]:

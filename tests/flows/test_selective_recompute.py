@@ -26,8 +26,9 @@ from sqlalchemy import select
 
 from accord.settings import DEFAULT_MAPPING
 from engagement.mapping import Mapping, load_mapping
-from engagement.records import SourceRecord, iso
-from flows.engine import UNIFY_BASIS, SyncReport, ViewSummary, recompute
+from engagement.records import SourceRecord, iso, project_key
+from flows import engine
+from flows.engine import UNIFY_BASIS, EarlyUnify, SyncReport, ViewSummary, recompute
 from flows.report import sync_markdown
 from sandbox.generator import generate_world
 from store import Store
@@ -290,3 +291,193 @@ def test_on_postgresql_too(store_factory: Callable[[], Store], org: Records, map
     recompute(store, mapping, NOW)
     for seed in range(3):
         check_selective(store, org, mapping, seed, rounds=[4, 4], hours=seed * 50)
+    # A full sync with rounds during the Jira read, an issue moved out of a project settled first.
+    projects = sorted(projects_of(org))
+    issue = next(i for i in org["jira", "issues"].values() if i.data["project"] == projects[0] and not i.deleted)
+    current = {stream: dict(records) for stream, records in org.items()}
+    current["jira", "issues"][issue.id] = edited(issue, NOW, project=projects[-1])
+    store.set_cursor(UNIFY_BASIS)
+    early, summary = full_sync_with_rounds(
+        store, current, mapping, NOW, random.Random(3), chunks=[[p] for p in projects]
+    )
+    assert early.rounds >= 2 and summary.clients_recomputed is None
+    after = stored_state(store)
+    store.set_cursor(UNIFY_BASIS)
+    full, changes, _ = recompute(store, mapping, NOW)
+    assert stored_state(store) == after and changes == [] and figures(summary) == figures(full)
+
+
+def full_sync_with_rounds(
+    store: Store,
+    current: Records,
+    mapping: Mapping,
+    now: datetime,
+    rng: random.Random,
+    *,
+    rounds: float = 1.0,
+    chunks: list[list[str]] | None = None,
+) -> tuple[EarlyUnify, ViewSummary]:
+    """A full sync as ``run_sync`` stores it when Jira is pulled in a unify child: every Salesforce and
+    Calendar record (a full read: not tracked), then Jira's read chunk of projects by chunk (tracked
+    from its first batch, which names every project pending), a round (``EarlyUnify.unify_settled``)
+    after each chunk settles with probability ``rounds``, the read's reconcile (the deleted issues),
+    then the final unify. ``chunks``: the read's chunks of projects, in order (else random ones)."""
+    store.apply_batch([r for (source, _), stream in current.items() if source != "jira" for r in stream.values()])
+    early = EarlyUnify(store, mapping, now)
+    issues = list(current["jira", "issues"].values())
+    live = [i for i in issues if not i.deleted]
+    if chunks is None:
+        projects = sorted({str(i.data["project"]) for i in live} | projects_of(current))
+        rng.shuffle(projects)
+        cuts = sorted(rng.sample(range(1, len(projects)), k=min(len(projects) - 1, rng.randint(1, 6))))
+        chunks = [projects[start:end] for start, end in zip([0, *cuts], [*cuts, len(projects)], strict=True)]
+    pending = {project_key(p) for chunk in chunks for p in chunk}
+
+    def settle() -> None:
+        if rng.random() < rounds:
+            early.unify_settled(frozenset(pending))
+
+    settle()
+    for chunk in chunks:
+        store.apply_batch([i for i in live if str(i.data["project"]) in chunk], track=True)
+        pending -= {project_key(p) for p in chunk}
+        settle()
+    store.apply_batch([i for i in issues if i.deleted], track=True)  # what the read's reconcile marks
+    summary, _, _ = recompute(store, mapping, now, None, early)
+    return early, summary
+
+
+def projects_of(org: Records) -> set[str]:
+    return {str(o.data["jira_project"]) for o in org["salesforce", "opportunities"].values()}
+
+
+@pytest.mark.parametrize("forget", [False, True])
+@pytest.mark.parametrize("change", ["to_a_later_project", "to_an_earlier_project", "deleted"])
+def test_an_issue_moved_or_deleted_after_its_project_settled_is_seen_by_the_final_unify(
+    copy_of: Callable[[], Store], org: Records, mapping: Mapping, forget: bool, change: str
+) -> None:
+    """The read's chunks one project each, in key order, a round after each: an issue of the first
+    project moved to the last (its new version is written after the first project's client was
+    unified with the old one), one of the last moved to the first, or one deleted (by the reconcile,
+    after every round). With every client to recompute (``forget``) or only those touched."""
+    projects = sorted(projects_of(org))
+    source, target = (projects[0], projects[-1]) if change != "to_an_earlier_project" else (projects[-1], projects[0])
+    issue = next(i for i in org["jira", "issues"].values() if i.data["project"] == source and not i.deleted)
+    if change == "deleted":
+        new = replace(issue, deleted=True, updated_at=NOW)
+    else:
+        new = edited(issue, NOW, project=target, status="Done", status_category="done", resolved=iso(NOW))
+    current = {stream: dict(records) for stream, records in org.items()}
+    current["jira", "issues"][issue.id] = new
+    store = copy_of()
+    if forget:
+        store.set_cursor(UNIFY_BASIS)
+    early, summary = full_sync_with_rounds(
+        store, current, mapping, NOW, random.Random(1), chunks=[[p] for p in projects]
+    )
+    assert early.rounds >= 1
+    after = stored_state(store)
+    store.set_cursor(UNIFY_BASIS)
+    full, changes, _ = recompute(store, mapping, NOW)
+    assert stored_state(store) == after
+    assert changes == []
+    assert figures(summary) == figures(full)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    edits=st.integers(0, 6),
+    moves=st.integers(0, 4),
+    forget=st.booleans(),
+    hours=st.sampled_from([0, 2, 30, 24 * 20]),
+    rounds=st.sampled_from([1.0, 0.5]),
+)
+def test_clients_unified_during_the_jira_read_end_as_a_full_unify_leaves_them(
+    copy_of: Callable[[], Store],
+    org: Records,
+    mapping: Mapping,
+    seed: int,
+    edits: int,
+    moves: int,
+    forget: bool,
+    hours: int,
+    rounds: float,
+) -> None:
+    """Random edits of every kind, and issues moved between projects (out of projects the read settles
+    before or after the ones they move to) or deleted, then a full sync whose rounds unify clients
+    while Jira's read goes on, with every client to recompute (``forget``: another basis) or those
+    the changes touch; then every client is recomputed and must change nothing."""
+    rng = random.Random(seed)
+    later = NOW + timedelta(hours=hours)
+    current = {stream: dict(records) for stream, records in org.items()}
+    editor = Editor(current, rng, later - timedelta(minutes=1))
+    changed = [editor.edit() for _ in range(edits)]
+    for _ in range(moves):
+        issue = editor.pick(editor.issues)
+        if rng.random() < 0.8:
+            changed.append(edited(issue, editor.stamp, project=rng.choice(editor.projects), status_category="done"))
+        else:
+            changed.append(replace(issue, deleted=True, updated_at=editor.stamp))
+    for record in changed:
+        current[record.source, record.stream][record.id] = record
+    store = copy_of()
+    if forget:
+        store.set_cursor(UNIFY_BASIS)
+    _, summary = full_sync_with_rounds(store, current, mapping, later, rng, rounds=rounds)
+    assert store.touched_keys() == (0, set())
+    after = stored_state(store)
+    store.set_cursor(UNIFY_BASIS)
+    full, changes, _ = recompute(store, mapping, later)
+    assert stored_state(store) == after
+    assert changes == []
+    assert figures(summary) == figures(full)
+
+
+def test_a_full_sync_unifies_its_clients_during_the_jira_read(
+    copy_of: Callable[[], Store], org: Records, mapping: Mapping
+) -> None:
+    """With every client to recompute (another basis), each settled chunk's clients are unified in a
+    round, the last chunk's too (its round comes before the read's end); the summary says every
+    client was recomputed, and how many during the read."""
+    store = copy_of()
+    store.set_cursor(UNIFY_BASIS)  # another basis: every client is to be recomputed
+    early, summary = full_sync_with_rounds(store, org, mapping, NOW, random.Random(7))
+    clients = len(org["salesforce", "accounts"])
+    assert early.rounds >= 2 and len(early.clients) == clients
+    assert summary.clients_recomputed is None and summary.clients_during_pull == len(early.clients)
+    assert early.internal == summary.meetings_internal  # counted during the read, after the calendars
+    shown = sync_markdown(SyncReport(NOW, full=True, view=summary))
+    assert f"every client's engagements ({len(early.clients)} of them while a slower pull went on" in shown
+
+
+def test_a_round_that_fails_leaves_its_clients_to_the_final_unify(
+    copy_of: Callable[[], Store], org: Records, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second round stores one client's engagements and fails: the rounds stop, the sync goes on,
+    and the final unify recomputes that round's clients and the rest."""
+    real = engine.unify_and_store
+    rounds = 0
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal rounds
+        if kwargs.get("counts") is False:
+            rounds += 1
+            if rounds == 2:
+                real(*args, **{**kwargs, "clients": set(sorted(kwargs["clients"])[:1])})
+                raise RuntimeError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "unify_and_store", failing)
+    store = copy_of()
+    store.set_cursor(UNIFY_BASIS)
+    projects = sorted(projects_of(org))
+    early, summary = full_sync_with_rounds(store, org, mapping, NOW, random.Random(1), chunks=[[p] for p in projects])
+    assert early.failed and early.rounds == 1 and rounds == 2
+    assert summary.clients_recomputed is None and summary.clients_during_pull == len(early.clients) > 0
+    after = stored_state(store)
+    store.set_cursor(UNIFY_BASIS)
+    full, changes, _ = recompute(store, mapping, NOW)
+    assert stored_state(store) == after
+    assert changes == []
+    assert figures(summary) == figures(full)

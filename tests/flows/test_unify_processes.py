@@ -57,7 +57,12 @@ def _table(store: Store) -> dict[str, tuple[Any, ...]]:
 def _reported(report: SyncReport) -> dict[str, Any]:
     """What a run reports of its engagements: the summary, its rows, the set of health changes."""
     assert report.view is not None
-    summary = {k: v for k, v in report.to_json().items() if k not in ("seconds", "sources", "health_changes")}
+    # Not compared: how many clients were unified while the Jira pull went on (its timing decides).
+    summary = {
+        k: v
+        for k, v in report.to_json().items()
+        if k not in ("seconds", "sources", "health_changes", "clients_during_pull")
+    }
     changes = sorted(report.health_changes, key=lambda c: (c.engagement_id, str(c.previous), str(c.current)))
     return summary | {"rows": report.view.rows, "changes": changes}
 
