@@ -10,6 +10,7 @@ import select as io_select
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,7 +24,15 @@ from accord.settings import AccordSettings
 from engagement.mapping import Mapping, load_mapping
 from engagement.partition import load_directory, partition_of
 from engagement.records import WorkItem, project_key
-from flows.engine import SourceReport, SyncReport, UnifyFailedError, UnifyPool, run_sync
+from flows.engine import (
+    EarlyUnify,
+    SourceReport,
+    SyncReport,
+    UnifyFailedError,
+    UnifyPool,
+    run_sync,
+    threaded_pull_all,
+)
 from flows.failures import FailureContext, explain
 from sandbox.app import Sandbox, SandboxOptions
 from store import Store
@@ -123,6 +132,49 @@ def _still_red(store: Store) -> int:
     disturbed = [i for k in (0, 1) for i in sorted(i for i, c in clients.items() if partition_of(c, 2) == k)[:3]]
     table = _table(store)
     return sum(1 for i in disturbed if table[i][4] == "red")  # columns: id, name, client, client_id, health
+
+
+def test_clients_are_unified_while_the_jira_pull_goes_on(
+    sandbox: Sandbox, mapping: Mapping, store_factory: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jira pulled in the child, its end held back (an event, not a delay) until a round has unified
+    clients here: what is stored and reported is what one process stores, every client recomputed,
+    some of them during the pull."""
+    one, two = store_factory(), store_factory()
+    first_one = run_sync(_settings(sandbox, one.url, 1), mapping, one, full=True, now=NOW)
+    unified = threading.Event()
+    real = EarlyUnify.unify_settled
+
+    def unify_settled(self: EarlyUnify, pending: frozenset[str]) -> int:
+        done = real(self, pending)
+        if done:
+            unified.set()
+        return done
+
+    monkeypatch.setattr(EarlyUnify, "unify_settled", unify_settled)
+    settings = _settings(sandbox, two.url, 2)
+    pull_all = threaded_pull_all(settings, mapping, two)
+
+    def held_jira(
+        sources: tuple[str, ...], upper: datetime, full: bool, reconcile: bool | None
+    ) -> dict[str, Callable[[], SourceReport]]:
+        waits = pull_all(sources, upper, full, reconcile)
+        jira = waits["jira"]
+
+        def held() -> SourceReport:
+            report = jira()
+            if not unified.wait(timeout=120):
+                raise AssertionError("no round unified clients while the Jira pull was held")
+            return report
+
+        return {**waits, "jira": held}
+
+    report = run_sync(settings, mapping, two, full=True, now=NOW, pull_all=held_jira)
+    assert not report.failed and report.sources["jira"].in_child
+    assert report.view is not None and report.view.clients_recomputed is None
+    assert report.view.clients_during_pull > 0
+    assert _table(two) == _table(one)
+    assert _reported(report) == _reported(first_one)
 
 
 @pytest.mark.parametrize(
