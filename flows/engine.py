@@ -17,7 +17,6 @@ import importlib
 import logging
 import os
 import pickle
-import queue
 import signal
 import subprocess
 import sys
@@ -552,7 +551,13 @@ class EarlyUnify:
 
     def __init__(self, store: Store, mapping: Mapping, now: datetime) -> None:
         self.store, self.mapping, self.now = store, mapping, now
-        self._events: queue.Queue[tuple[str, frozenset[str] | None]] = queue.Queue()
+        # Only the latest of what each pull has pending is kept: at large a round can take seconds
+        # while chunks end, and each says up to thousands of project keys (a queue of every message
+        # held 40 MB more at the first round).
+        self._news = threading.Condition()
+        self._latest: dict[str, frozenset[str]] = {}
+        self._ended: set[str] = set()
+        self._version = 0
         self.plan: RecomputePlan | None = None  # the first round's
         self.candidates: frozenset[str] = frozenset()  # the clients that plan recomputes
         self.clients: set[str] = set()  # those unified by the rounds
@@ -567,36 +572,39 @@ class EarlyUnify:
 
     def pending(self, source: str, keys: frozenset[str]) -> None:
         """Thread-safe: what ``source``'s read may still write (``Batch.pending``), now stored."""
-        self._events.put((source, keys))
+        with self._news:
+            self._latest[source] = keys
+            self._version += 1
+            self._news.notify()
 
     def finished(self, source: str) -> None:
         """Thread-safe: ``source``'s pull has ended (done or failed)."""
-        self._events.put((source, None))
+        with self._news:
+            self._ended.add(source)
+            self._version += 1
+            self._news.notify()
 
     def run(self, running: AbstractSet[str]) -> None:
         """Until every source of ``running`` has finished: a round after each change of what they
         have pending, once each of them has said it (a source that says nothing allows no round).
         Run it on a thread of its own: on Linux it lowers that thread's priority (``ROUND_NICE``), so
         the cores go to the pulls first, and the rounds take what they leave."""
-        waiting = set(running)
-        pending: dict[str, frozenset[str]] = {}
         nice = ROUND_NICE if sys.platform.startswith("linux") else 0
         if nice:  # this thread only (Linux's per-thread priority); a thread cannot take it back
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        while waiting:
-            events = [self._events.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    events.append(self._events.get_nowait())
-            for source, keys in events:
-                if keys is None:
-                    waiting.discard(source)
-                    pending.pop(source, None)
-                elif source in waiting:
-                    pending[source] = keys
-            if waiting and waiting <= pending.keys():
-                self.unify_settled(frozenset().union(*(pending[source] for source in waiting)))
+        seen = 0
+        while True:
+            with self._news:
+                while self._version == seen:
+                    self._news.wait()
+                seen = self._version
+                waiting = set(running) - self._ended
+                pending = [self._latest[source] for source in waiting if source in self._latest]
+            if not waiting:
+                break
+            if len(pending) == len(waiting):
+                self.unify_settled(frozenset().union(*pending))
         log.info(
             "during the pull: %d clients unified in %d rounds, %.2f s (%.2f s of CPU)",
             len(self.clients),

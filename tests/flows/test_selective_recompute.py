@@ -105,6 +105,18 @@ def figures(summary: ViewSummary) -> tuple[Any, ...]:
     )
 
 
+def assert_a_full_unify_changes_nothing(store: Store, mapping: Mapping, now: datetime, summary: ViewSummary) -> None:
+    """Every client recomputed (the basis forgotten) changes no stored engagement, horizon or count,
+    reports no health change, and gives the summary ``summary`` gave."""
+    after = stored_state(store)
+    store.set_cursor(UNIFY_BASIS)
+    full, changes, _ = recompute(store, mapping, now)
+    assert full.clients_recomputed is None
+    assert stored_state(store) == after
+    assert changes == []
+    assert figures(summary) == figures(full)
+
+
 def edited(record: SourceRecord, stamp: datetime, **data: Any) -> SourceRecord:
     return replace(record, data={**record.data, **data}, updated_at=stamp)
 
@@ -301,10 +313,7 @@ def test_on_postgresql_too(store_factory: Callable[[], Store], org: Records, map
         store, current, mapping, NOW, random.Random(3), chunks=[[p] for p in projects]
     )
     assert early.rounds >= 2 and summary.clients_recomputed is None
-    after = stored_state(store)
-    store.set_cursor(UNIFY_BASIS)
-    full, changes, _ = recompute(store, mapping, NOW)
-    assert stored_state(store) == after and changes == [] and figures(summary) == figures(full)
+    assert_a_full_unify_changes_nothing(store, mapping, NOW, summary)
 
 
 def full_sync_with_rounds(
@@ -376,12 +385,7 @@ def test_an_issue_moved_or_deleted_after_its_project_settled_is_seen_by_the_fina
         store, current, mapping, NOW, random.Random(1), chunks=[[p] for p in projects]
     )
     assert early.rounds >= 1
-    after = stored_state(store)
-    store.set_cursor(UNIFY_BASIS)
-    full, changes, _ = recompute(store, mapping, NOW)
-    assert stored_state(store) == after
-    assert changes == []
-    assert figures(summary) == figures(full)
+    assert_a_full_unify_changes_nothing(store, mapping, NOW, summary)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -426,12 +430,7 @@ def test_clients_unified_during_the_jira_read_end_as_a_full_unify_leaves_them(
         store.set_cursor(UNIFY_BASIS)
     _, summary = full_sync_with_rounds(store, current, mapping, later, rng, rounds=rounds)
     assert store.touched_keys() == (0, set())
-    after = stored_state(store)
-    store.set_cursor(UNIFY_BASIS)
-    full, changes, _ = recompute(store, mapping, later)
-    assert stored_state(store) == after
-    assert changes == []
-    assert figures(summary) == figures(full)
+    assert_a_full_unify_changes_nothing(store, mapping, later, summary)
 
 
 def test_a_full_sync_unifies_its_clients_during_the_jira_read(
@@ -475,9 +474,4 @@ def test_a_round_that_fails_leaves_its_clients_to_the_final_unify(
     early, summary = full_sync_with_rounds(store, org, mapping, NOW, random.Random(1), chunks=[[p] for p in projects])
     assert early.failed and early.rounds == 1 and rounds == 2
     assert summary.clients_recomputed is None and summary.clients_during_pull == len(early.clients) > 0
-    after = stored_state(store)
-    store.set_cursor(UNIFY_BASIS)
-    full, changes, _ = recompute(store, mapping, NOW)
-    assert stored_state(store) == after
-    assert changes == []
-    assert figures(summary) == figures(full)
+    assert_a_full_unify_changes_nothing(store, mapping, NOW, summary)
