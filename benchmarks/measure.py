@@ -259,6 +259,8 @@ def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_
                 "after_pull_s": round(report.seconds - max(pulls.values(), default=0.0), 3),
                 # The clients whose engagements the unify recomputed (None: all of them).
                 "clients_recomputed": report.view.clients_recomputed if report.view else None,
+                # Of those, unified while the Jira pull went on in the child (``EarlyUnify``).
+                "clients_during_pull": report.view.clients_during_pull if report.view else None,
             },
         }
     finally:

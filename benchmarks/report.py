@@ -166,6 +166,7 @@ ROWS = (
     ("CPU of the sandbox process (s)", "sandbox_cpu_s"),
     ("wall after the slowest pull (s)", "after_pull_s"),
     ("clients whose engagements were recomputed (n/a: all)", "clients_recomputed"),
+    ("of which unified during the pull (n/a: not measured)", "clients_during_pull"),
     ("wall with no latency (s)", "floor.wall_s"),
     ("records per CPU-second", "records_per_cpu_s"),
     ("peak RSS in the phase (MB)", "peak_rss_mb"),

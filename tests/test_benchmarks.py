@@ -33,6 +33,10 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
         assert figures["wall_s"] > 0 and figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 0
         assert figures["sandbox_cpu_s"] >= 0
         assert set(figures["calls"]) == set(APIS)
+    # How many clients were unified while the Jira pull went on: some or none in the full sync (its
+    # timing decides), none in the incremental one (only a full read says what it has pending).
+    assert small["full_sync"]["clients_recomputed"] is None and small["full_sync"]["clients_during_pull"] >= 0
+    assert small["incremental_sync"]["clients_during_pull"] == 0
     floor = small["full_sync"]["floor"]  # the same full sync at 0 ms, in a store of its own
     assert floor["records"] == small["full_sync"]["records"] and floor["cpu_s"] > 0
     assert small["full_sync"]["sandbox_cpu_s"] > 0  # clock ticks of 10 ms: the full sync's calls take several
