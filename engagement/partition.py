@@ -309,8 +309,13 @@ def client_project_keys(directory: Directory) -> dict[str, frozenset[str]]:
 
 
 def touched_clients(
-    source: RecordSource, directory: Directory, keys: set[str], stored: dict[str, str | None]
+    source: RecordSource, directory: Directory, keys: AbstractSet[str], stored: dict[str, str | None]
 ) -> set[str] | None:
+    """``ClientsTouched(source, directory, stored).of(keys)``: see there."""
+    return ClientsTouched(source, directory, stored).of(keys)
+
+
+class ClientsTouched:
     """The clients whose engagements or counts may differ from the stored ones after the changes
     ``keys`` name (``engagement.records.touch_keys`` of each changed record's stored and new
     version); None: every client. ``stored``: engagement id -> client, as stored.
@@ -324,60 +329,70 @@ def touched_clients(
     every client any of their attendees could be. A user, or an address whose key does not reproduce
     it (``u:``), touches every client. A meeting's other keys touch no client: whom it is attributed
     to depends on itself and its attendees alone."""
-    if EVERY_CLIENT in keys or UNFAITHFUL in keys:
-        return None
-    base = directory.base
-    index = base.index
-    clients: set[str] = set()
-    opportunities: dict[str, list[str]] = defaultdict(list)  # opportunity id -> clients, now and as stored
-    for o in directory.opportunities:
-        opportunities[o.id].append(o.account_id or "")
-    for engagement, client in stored.items():
-        opportunities[engagement].append(client or "")
-    by_project: dict[str, list[str]] = defaultdict(list)
-    for o in directory.opportunities:
-        if project := base.project.get(o.id):
-            by_project[project_key(project)].append(o.account_id or "")
-    contacts: set[str] = set()
-    addresses: set[str] = set()
-    domains: set[str] = set()
-    meetings: set[str] = set()
-    for key in keys:
-        kind, value = key[:2], key[2:]
-        if kind == "a:":
-            clients.add(value)
-        elif kind == "o:":
-            clients.update(opportunities.get(value, ()))
-        elif kind == "p:":
-            clients.update(by_project.get(key, ()))
-        elif kind == "c:":
-            contacts.add(key)
-        elif kind in ("e:", "s:"):
-            addresses.add(index.normalize(value))
-        elif kind == "d:":
-            domains.add(value)
-        elif kind == MEETINGS_WITH:
-            meetings.add(value)
-    if contacts:
-        for record in source.iter_records("salesforce", "contact_roles"):
-            role = ContactRole.from_record(record)
-            if contact_touch_key(role.contact_id) in contacts:
-                clients.update(opportunities.get(role.opportunity_id, ()))
-    if meetings:
-        addresses.update(
-            index.normalize(a.email)
-            for r in source.records_by_keys("google_calendar", "events", meetings)
-            if (e := CalendarEvent.from_record(r)) is not None
-            for a in e.attendees
-        )
-    if addresses:
-        for record in source.records_by_keys("salesforce", "contacts", contact_keys(index, addresses)):
-            contact = Contact.from_record(record)
-            if contact.email and index.normalize(contact.email) in addresses:
-                clients.add(contact.account_id or "")
-        domains.update(email_domain(address) for address in addresses)
-    clients.update(owner for domain in domains if (owner := index.domains.get(domain)))
-    return clients
+
+    def __init__(self, source: RecordSource, directory: Directory, stored: dict[str, str | None]) -> None:
+        """The directory's maps, built once for any number of ``of`` calls (``EarlyUnify``'s rounds)."""
+        self.source, self.directory = source, directory
+        base = directory.base
+        self.opportunities: dict[str, list[str]] = defaultdict(list)  # opportunity -> clients, now and as stored
+        for o in directory.opportunities:
+            self.opportunities[o.id].append(o.account_id or "")
+        for engagement, client in stored.items():
+            self.opportunities[engagement].append(client or "")
+        self.by_project: dict[str, list[str]] = defaultdict(list)
+        for o in directory.opportunities:
+            if project := base.project.get(o.id):
+                self.by_project[project_key(project)].append(o.account_id or "")
+
+    def of(self, keys: AbstractSet[str]) -> set[str] | None:
+        """The clients ``keys`` touch; None: every client. The clients of a union of key sets are the
+        union of theirs."""
+        if EVERY_CLIENT in keys or UNFAITHFUL in keys:
+            return None
+        source, opportunities, by_project = self.source, self.opportunities, self.by_project
+        base = self.directory.base
+        index = base.index
+        clients: set[str] = set()
+        contacts: set[str] = set()
+        addresses: set[str] = set()
+        domains: set[str] = set()
+        meetings: set[str] = set()
+        for key in keys:
+            kind, value = key[:2], key[2:]
+            if kind == "a:":
+                clients.add(value)
+            elif kind == "o:":
+                clients.update(opportunities.get(value, ()))
+            elif kind == "p:":
+                clients.update(by_project.get(key, ()))
+            elif kind == "c:":
+                contacts.add(key)
+            elif kind in ("e:", "s:"):
+                addresses.add(index.normalize(value))
+            elif kind == "d:":
+                domains.add(value)
+            elif kind == MEETINGS_WITH:
+                meetings.add(value)
+        if contacts:
+            for record in source.iter_records("salesforce", "contact_roles"):
+                role = ContactRole.from_record(record)
+                if contact_touch_key(role.contact_id) in contacts:
+                    clients.update(opportunities.get(role.opportunity_id, ()))
+        if meetings:
+            addresses.update(
+                index.normalize(a.email)
+                for r in source.records_by_keys("google_calendar", "events", meetings)
+                if (e := CalendarEvent.from_record(r)) is not None
+                for a in e.attendees
+            )
+        if addresses:
+            for record in source.records_by_keys("salesforce", "contacts", contact_keys(index, addresses)):
+                contact = Contact.from_record(record)
+                if contact.email and index.normalize(contact.email) in addresses:
+                    clients.add(contact.account_id or "")
+            domains.update(email_domain(address) for address in addresses)
+        clients.update(owner for domain in domains if (owner := index.domains.get(domain)))
+        return clients
 
 
 def unify_all(

@@ -39,6 +39,7 @@ from connectors.retry import get_throttle
 from engagement.mapping import Mapping
 from engagement.model import UnifiedView
 from engagement.partition import (
+    ClientsTouched,
     Directory,
     client_ids,
     client_project_keys,
@@ -454,13 +455,10 @@ class RecomputePlan:
     meetings_internal: int | None = None  # counted already (``EarlyUnify``): the unify need not
 
 
-def plan_recompute(
-    store: Store, mapping: Mapping, now: datetime, *, after: int = 0, directory: Directory | None = None
-) -> RecomputePlan:
-    """``after``: only the touches written after that ``touched`` id count (``EarlyUnify``)."""
-    directory = directory or load_directory(store, mapping)
+def plan_recompute(store: Store, mapping: Mapping, now: datetime) -> RecomputePlan:
+    directory = load_directory(store, mapping)
     basis = unify_basis(mapping)
-    upto, keys = store.touched_keys(after)
+    upto, keys = store.touched_keys()
     clients: set[str] | None = None
     if store.get_cursor(UNIFY_BASIS.source, UNIFY_BASIS.stream) == basis:
         clients = touched_clients(store, directory, keys, store.engagement_clients())
@@ -664,33 +662,40 @@ class EarlyUnify:
         """What ``recompute`` unifies after the rounds, and how many clients the sync recomputed in
         all (None: every one): the clients to recompute that no round unified; any other client a
         write after the first round's start touched, unless a round unified it and no write after
-        that round's start touched it; and those due."""
+        that round's start touched it; and those due. The later touches are read once; each round's
+        are those of them after its start (the latest round first, adding keys as the start falls)."""
         first = self.plan
         if first is None:
             raise RuntimeError("no round was planned")
-        stored = self.store.engagement_clients()
-        upto, keys = self.store.touched_keys(first.upto)
-        since_first = touched_clients(self.store, first.directory, keys, stored)
+        last = self.store.touched_since(first.upto)  # key -> its latest touch id
+        touched = ClientsTouched(self.store, first.directory, self.store.engagement_clients())
+        later = sorted(last, key=last.__getitem__, reverse=True)
+        seen, since, every = 0, set[str](), False  # keys so far (latest first), their clients, or all
+        stale: set[str] = set()
+
+        def take(start: int) -> None:  # the keys touched after ``start`` that are not in yet
+            nonlocal seen, every
+            fresh = seen
+            while seen < len(later) and last[later[seen]] > start:
+                seen += 1
+            named = touched.of(set(later[fresh:seen])) if seen > fresh and not every else set()
+            every = every or named is None
+            since.update(named or ())
+
+        for start, unified in sorted(self._rounds, key=lambda r: r[0], reverse=True):
+            take(start)
+            stale |= unified if every else since & unified
+        take(first.upto)  # every later touch: the clients no round unified
         final: frozenset[str] | None = None
-        if since_first is not None:
-            stale = (set(self.candidates) | since_first) - self.clients
-            for start, unified in self._rounds:
-                touched = since_first if start == first.upto else self._touched_after(start, stored)
-                stale |= unified if touched is None else touched & unified
+        if not every:
+            stale |= (set(self.candidates) | since) - self.clients
             stale.update(client or "" for client in self.store.engagements_due(now).values())
             final = frozenset(stale)
-        plan = RecomputePlan(
-            final, max(upto, first.upto), first.basis, first.directory, first.touched + len(keys), self.internal
-        )
+        upto = max([first.upto, *last.values()])
+        plan = RecomputePlan(final, upto, first.basis, first.directory, first.touched + len(last), self.internal)
         if final is None or first.clients is None:
             return plan, None
         return plan, len(final | self.clients)
-
-    def _touched_after(self, start: int, stored: dict[str, str | None]) -> set[str] | None:
-        """The clients the touches after id ``start`` name (None: every one)."""
-        assert self.plan is not None
-        _, keys = self.store.touched_keys(start)
-        return touched_clients(self.store, self.plan.directory, keys, stored)
 
     def settle_counts(self) -> None:
         """After a first plan of every client, drop the stored counts of clients that are gone, as a

@@ -909,6 +909,12 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.max(touched.c.id))).scalar_one_or_none() or 0)
 
+    def touched_since(self, after: int) -> dict[str, int]:
+        """Each key touched after id ``after``, with the largest id it was touched at."""
+        query = select(touched.c.key, func.max(touched.c.id)).where(touched.c.id > after).group_by(touched.c.key)
+        with self.engine.connect() as conn:
+            return {key: int(last) for key, last in conn.execute(query)}
+
     def clear_touched(self, upto: int | None = None) -> None:
         """Forget the touches up to id ``upto`` (the engagements they name are stored; later ones
         stay), or all of them."""
