@@ -39,7 +39,7 @@ from flows.engine import unify_and_store
 from flows.failures import FailureContext, explain, publish
 from flows.push_engine import push
 from flows.report import engagement_markdown, plan_markdown, push_markdown
-from store import HealthChange, Store
+from store import Store
 
 log = logging.getLogger("accord.partition")
 DEPLOYMENT = "accord-partition/accord-partition"
@@ -118,10 +118,16 @@ def _run_partition(
             result: dict[str, Any] = {"partition": partition, "partitions": partitions, "work": work}
             if work == "engagements":
                 # The org-wide counts do not depend on the partition: partition 0's run gives them.
-                summary, changes = unify_and_store(
-                    store, mapping, started, partition=partition, partitions=partitions, counts=partition == 0
-                )
-                _emit(changes)
+                from flows.sync import emit_health_events, send_health_events_after_failure
+
+                try:
+                    summary, changes = unify_and_store(
+                        store, mapping, started, partition=partition, partitions=partitions, counts=partition == 0
+                    )
+                except Exception:
+                    send_health_events_after_failure(store, logger)  # of the groups stored before it failed
+                    raise
+                result["health_events"] = emit_health_events(store, logger)
                 create_markdown_artifact(
                     key=f"accord-partition-{partition}",
                     markdown="\n".join(
@@ -156,15 +162,6 @@ def _run_partition(
     result |= {"worker": os.environ.get("ACCORD_WORKER_NAME"), "started": iso(started), "finished": iso(finished)}
     logger.info("partition %d of %d done: %s", partition, partitions, result)
     return result
-
-
-def _emit(changes: list[HealthChange]) -> None:
-    from flows.engine import SyncReport
-    from flows.sync import emit_health_events
-
-    report = SyncReport(started_at=datetime.now(UTC), full=False)
-    report.health_changes = changes
-    emit_health_events(report)
 
 
 def fan_out(

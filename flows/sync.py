@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
 
 from accord.settings import AccordSettings, load_settings
 from engagement.mapping import Mapping, load_mapping
@@ -25,28 +26,55 @@ from store import Store
 HEALTH_EVENT = "accord.engagement.health-changed"
 
 
-def emit_health_events(report: SyncReport) -> int:
-    """One Prefect event per engagement whose health changed (not for first sightings), so an
-    automation can notify. Ids and reason codes only: names and reasons stay in Accord."""
-    emitted = 0
-    for change in report.health_changes:
-        if change.previous is None or change.current is None:
-            continue
-        emit_event(
-            event=HEALTH_EVENT,
-            resource={
-                "prefect.resource.id": f"accord.engagement.{change.engagement_id}",
-                "accord.health": change.current,
-            },
-            payload={
-                "engagement_id": change.engagement_id,
-                "from": change.previous,
-                "to": change.current,
-                "reason_codes": list(change.reason_codes),
-            },
-        )
-        emitted += 1
-    return emitted
+def emit_health_events(store: Store, logger: Any = None) -> int:
+    """One Prefect event per journaled health transition (``Store.health_events``: this run's, and
+    any that a failed or killed run stored and could not send), oldest first, so an automation can
+    notify. Ids and reason codes only: names and reasons stay in Accord. Each event carries its
+    journal's id and the time the unify saw the change; a page leaves the journal once Prefect's
+    events worker has handled it. Events that cannot be sent here (events are off: no API) stay
+    for a run that can send them. Returns how many were sent."""
+    sent = 0
+    while True:
+        page = store.health_events()
+        handed: list[int] = []
+        for change in page:
+            event = emit_event(
+                event=HEALTH_EVENT,
+                resource={
+                    "prefect.resource.id": f"accord.engagement.{change.engagement_id}",
+                    "accord.health": change.current,
+                },
+                payload={
+                    "engagement_id": change.engagement_id,
+                    "from": change.previous,
+                    "to": change.current,
+                    "reason_codes": list(change.reason_codes),
+                },
+                id=change.event_id,
+                occurred=change.occurred,
+            )
+            if event is None:
+                break
+            handed.append(change.seq)
+        if handed:
+            events_handled()
+            store.health_events_sent(handed)
+            sent += len(handed)
+        if len(handed) < len(page):
+            if logger is not None:
+                logger.warning(
+                    "%d health events could not be sent (are Prefect events on?); they stay for the next run",
+                    len(page) - len(handed),
+                )
+            return sent
+        if not page:
+            return sent
+
+
+def events_handled() -> None:
+    """Wait until Prefect's events worker has handled every event emitted so far (sent, or given
+    up on and logged by Prefect)."""
+    EventsWorker.instance().wait_until_empty()
 
 
 def _partitioned(
@@ -63,6 +91,15 @@ def _partitioned(
     fail_if_sources_failed()
     check(states, "engagements")
     return report.to_json() | {"partitions": {str(k): s for k, s in sorted(states.items())}}
+
+
+def send_health_events_after_failure(store: Store, logger: Any) -> None:
+    """``emit_health_events`` for a run that is failing: what it cannot send stays journaled for the
+    next run, and its own failure is logged, never raised over the run's."""
+    try:
+        emit_health_events(store, logger)
+    except Exception as exc:
+        logger.warning("health events stay journaled for the next run: %s", type(exc).__name__)
 
 
 class SyncFailedError(RuntimeError):
@@ -139,7 +176,13 @@ def run_sync_flow(
             try:
                 store.create_all()
                 pulls = keeping_errors(pull_all, errors)
-                report = run_sync(settings, mapping, store, full=full, pull_all=pulls, unify=partitions <= 0)
+                try:
+                    report = run_sync(settings, mapping, store, full=full, pull_all=pulls, unify=partitions <= 0)
+                except Exception:
+                    # Engagements a failed unify stored before it failed: their events go out now.
+                    send_health_events_after_failure(store, logger)
+                    raise
+                health_events = emit_health_events(store, logger)
             finally:
                 store.dispose()
     except Exception as exc:
@@ -172,7 +215,6 @@ def run_sync_flow(
     create_markdown_artifact(
         key="accord-sync", markdown=sync_markdown(report), description="Accord sync: counts and engagements"
     )
-    logger.info("engagements by health: %s", report.view.health_counts())
-    emit_health_events(report)
+    logger.info("engagements by health: %s; %d health events sent", report.view.health_counts(), health_events)
     fail_if_sources_failed()
-    return report.to_json()
+    return report.to_json() | {"health_events": health_events}

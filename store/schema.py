@@ -111,6 +111,24 @@ client_counts = Table(
     Column("ambiguous_meetings", Integer, nullable=False),
 )
 
+# Health transitions of engagements (known before and after), written in the transaction that
+# stores the engagement and deleted once their Prefect event is sent (``flows.sync.emit_health_events``):
+# a run that dies or fails after storing an engagement leaves its event here for the next run, where
+# an in-memory list lost it (the next unify sees the new health as stored and no change). ``event_id``
+# is the event's id, so an event sent twice (a crash between sending and deleting) is one event to
+# Prefect (stored once, its triggers evaluated once).
+health_journal = Table(
+    "health_journal",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("engagement_id", String(255), nullable=False),
+    Column("previous", String(16), nullable=False),
+    Column("current", String(16), nullable=False),
+    Column("reason_codes", JsonType, nullable=False),
+    Column("occurred", String(32), nullable=False),  # when the unify computed it (its ``now``)
+)
+
 sync_runs = Table(
     "sync_runs",
     metadata,

@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     inspect,
     literal,
     or_,
@@ -60,6 +61,7 @@ from store.schema import (
     client_counts,
     cursors,
     engagements,
+    health_journal,
     metadata,
     outbox_due,
     outbox_engagement,
@@ -255,6 +257,19 @@ class HealthChange:
     current: str | None  # None: the engagement is gone
     reasons: tuple[str, ...] = field(default_factory=tuple)
     reason_codes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    """A journaled health transition (``health_journal``) waiting for its event to be sent."""
+
+    seq: int
+    event_id: uuid.UUID
+    engagement_id: str
+    previous: str
+    current: str
+    reason_codes: tuple[str, ...]
+    occurred: datetime
 
 
 def default_database_url(directory: Path | None = None) -> str:
@@ -878,7 +893,44 @@ class Store:
                     .values(valid_until=bindparam("horizon")),
                     moved,
                 )
+            journal = [
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "engagement_id": c.engagement_id,
+                    "previous": c.previous,
+                    "current": c.current,
+                    "reason_codes": list(c.reason_codes),
+                    "occurred": stamp,
+                }
+                for c in changes
+                if c.previous is not None and c.current is not None
+            ]
+            if journal:
+                conn.execute(insert(health_journal), journal)
         return changes
+
+    def health_events(self, limit: int = 500) -> list[HealthEvent]:
+        """The oldest ``limit`` journaled health transitions whose event is not sent yet."""
+        query = select(health_journal).order_by(health_journal.c.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                HealthEvent(
+                    r.seq,
+                    uuid.UUID(r.event_id),
+                    r.engagement_id,
+                    r.previous,
+                    r.current,
+                    tuple(r.reason_codes),
+                    datetime.fromisoformat(r.occurred),
+                )
+                for r in conn.execute(query)
+            ]
+
+    def health_events_sent(self, seqs: Sequence[int]) -> None:
+        """Drop journaled transitions whose events went out."""
+        with self.engine.begin() as conn:
+            for start in range(0, len(seqs), BATCH_LOOKUP):
+                conn.execute(delete(health_journal).where(health_journal.c.seq.in_(seqs[start : start + BATCH_LOOKUP])))
 
     def engagements_due(self, now: datetime) -> dict[str, str | None]:
         """Stored engagements that may no longer be what their records give at ``now`` with no new
