@@ -277,12 +277,14 @@ class Outbox:
         engagements: Callable[[str], bool] | None = None,
         *,
         planned_before: str | None = None,
+        planned_since: str | None = None,
         page: int | None = None,
     ) -> Iterator[OutboxItem]:
         """Writes to make now: pending ones, and failed ones worth another attempt (of the
         engagements ``engagements`` accepts, when given: one partition's; planned before
-        ``planned_before``, when given). Batch by batch (``batch_of``), in planned order within a
-        batch; read ``page`` rows (``DUE_PAGE``) at a time, so a large outbox is never held whole."""
+        ``planned_before``, or since ``planned_since``, when given). Batch by batch (``batch_of``),
+        in planned order within a batch; read ``page`` rows (``DUE_PAGE``) at a time, so a large
+        outbox is never held whole."""
         page = page or DUE_PAGE
         query = select(outbox).where(
             (outbox.c.state == "pending")
@@ -292,6 +294,8 @@ class Outbox:
             query = query.where(outbox.c.target == target)
         if planned_before is not None:
             query = query.where(outbox.c.planned_at < planned_before)
+        if planned_since is not None:
+            query = query.where(outbox.c.planned_at >= planned_since)
         order = (outbox.c.target, outbox.c.batch, outbox.c.planned_at, outbox.c.key)
         after: tuple[Any, ...] | None = None
         while True:

@@ -21,7 +21,15 @@ from accord.settings import AccordSettings
 from connectors.base import TargetWriter, WriteRequest, WriteResult
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import run_sync
-from flows.push_engine import TargetReport, apply_concurrently, build_writer, plan_push, push
+from flows.push_engine import (
+    PLANNING,
+    Planning,
+    TargetReport,
+    apply_concurrently,
+    build_writer,
+    plan_push,
+    push,
+)
 from sandbox.app import Sandbox, SandboxOptions
 from sandbox.client import SandboxControl, SandboxControlError
 from sandbox.generator import generate_world
@@ -351,3 +359,112 @@ def test_a_target_that_fails_does_not_stop_the_others_and_the_first_failure_is_r
     assert sorted(finished) == ["google_calendar", "jira", "salesforce"]
     reports = apply_concurrently(lambda target: TargetReport(target, delivered=len(target)), ["jira", "salesforce"])
     assert list(reports) == ["jira", "salesforce"] and reports["jira"].delivered == 4
+
+
+def test_jira_is_written_while_the_plan_is_still_being_queued(
+    world: World, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a group with Jira writes is queued, the plan waits until the Jira writer has written: a
+    Jira apply that began only after the whole plan would never write, and the wait gives up (30 s)."""
+    wrote = threading.Event()
+    waited: list[bool] = []
+    jira_queued: list[bool] = []
+    queue, said = world.store.outbox.add, Planning.queued
+
+    def add(items: Sequence[OutboxItem], statuses: Any) -> Any:
+        jira_queued.append(any(i.target == "jira" for i in items))
+        return queue(items, statuses)
+
+    def queued(planning: Planning) -> None:
+        said(planning)
+        if not waited and jira_queued[-1]:
+            waited.append(wrote.wait(timeout=30))
+
+    def writer_factory(target: str, settings: AccordSettings, mapping: Mapping) -> TargetWriter:
+        inner = build_writer(target, settings, mapping)
+
+        class Telling:
+            target = inner.target
+
+            def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+                results = inner.write(requests)
+                if target == "jira":
+                    wrote.set()
+                return results
+
+            def close(self) -> None:
+                inner.close()
+
+        return Telling()
+
+    plan = plan_push(world.store, mapping, MAPPING_PATH)
+    monkeypatch.setattr(world.store.outbox, "add", add)
+    monkeypatch.setattr(Planning, "queued", queued)
+    report = push(world.store, world.settings, mapping, MAPPING_PATH, writer_factory=writer_factory, group_size=2)
+    assert waited == [True]
+    jira = [i for i in plan.items if i.target == "jira"]
+    assert report.failed == 0 and report.targets["jira"].delivered == len(jira) > 0
+    assert report.plan.planned == len(plan.items) and report.queued == len(plan.items)
+    assert_exactly_once(world.sandbox, mapping, expected_keys(plan.items))
+
+
+def test_a_write_that_fails_while_the_plan_is_queued_is_tried_once_in_the_run(world: World, mapping: Mapping) -> None:
+    """The Jira apply reads what is due again after each queued group: what it already tried and
+    failed is due again, and left for the next run, as without the overlap."""
+
+    def writer_factory(target: str, settings: AccordSettings, mapping: Mapping) -> TargetWriter:
+        inner = build_writer(target, settings, mapping)
+
+        class Failing:
+            target = inner.target
+
+            def write(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+                if target != "jira":
+                    return inner.write(requests)
+                return [WriteResult(r.key, False, "failed", error="busy", retriable=True) for r in requests]
+
+            def close(self) -> None:
+                inner.close()
+
+        return Failing()
+
+    report = push(world.store, world.settings, mapping, MAPPING_PATH, writer_factory=writer_factory, group_size=2)
+    failed = world.store.outbox.items(state="failed")
+    assert failed and {i.target for i in failed} == {"jira"} and {i.attempts for i in failed} == {1}
+    assert report.targets["jira"].attempted == report.targets["jira"].failed == len(failed)
+    retry = push(world.store, world.settings, mapping, MAPPING_PATH)
+    assert retry.targets["jira"].delivered == len(failed) and retry.failed == 0
+    assert retry.plan.retries == len(failed)
+
+
+def test_only_jira_applies_during_the_plan_and_a_failing_plan_is_raised_after_it() -> None:
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def run(target: str) -> TargetReport:
+        planning = PLANNING.get()
+        if planning is not None:  # waits for the plan's end, as an apply with nothing due does
+            version, done = planning.now()
+            while not done:
+                version, done = planning.wait(version)
+        with lock:
+            events.append(f"{target} {'during' if planning else 'after'}")
+        return TargetReport(target)
+
+    def plan(planning: Planning) -> None:
+        planning.queued()
+        with lock:
+            events.append("planned")
+
+    reports = apply_concurrently(run, ["salesforce", "jira", "google_calendar"], plan)
+    assert list(reports) == ["salesforce", "jira", "google_calendar"]
+    assert events[0] == "planned" and sorted(events[1:]) == ["google_calendar after", "jira during", "salesforce after"]
+
+    def broken(planning: Planning) -> None:
+        planning.queued()
+        raise RuntimeError("the plan broke")
+
+    events.clear()
+    with pytest.raises(RuntimeError, match="the plan broke"):
+        apply_concurrently(run, ["salesforce", "jira", "google_calendar"], broken)
+    assert events == ["jira during"]  # ended, and nothing else started
