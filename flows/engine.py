@@ -389,6 +389,7 @@ def unify_and_store(
     clients: AbstractSet[str] | None = None,
     directory: Directory | None = None,
     internal: int | None = None,
+    changes: list[HealthChange] | None = None,
 ) -> tuple[ViewSummary, list[HealthChange]]:
     """Recompute and store the engagements of one partition of clients, group by group, so memory
     holds one group's issues and meetings at a time; drop the partition's vanished engagements.
@@ -396,16 +397,17 @@ def unify_and_store(
     partition: one of the partitions of a run computes them, the others leave them 0; ``internal``:
     the meetings without a client attendee, when counted already (``EarlyUnify``). ``clients``:
     only those clients' (``plan_recompute``); the summary then covers those only (``stored_summary``
-    gives the whole one)."""
+    gives the whole one). ``changes``: the list the health changes are added to as each group is
+    stored (also when a later group fails: what was stored is reported); returned."""
     directory = directory or load_directory(store, mapping)
     summary = ViewSummary()
-    changes: list[HealthChange] = []
+    changes = [] if changes is None else changes
     per_client: dict[str, tuple[int, int]] = {}
     groups = unify_groups(
         store, mapping, now, partition=partition, partitions=partitions, directory=directory, clients=clients
     )
     for group, view in groups:
-        changes += store.save_engagements(view.engagements, now, view.valid_until)
+        changes.extend(store.save_engagements(view.engagements, now, view.valid_until))
         per_client.update(group_counts(group, view))
         summary.add(view)
 
@@ -414,7 +416,7 @@ def unify_and_store(
 
     store.save_client_counts(per_client, replacing=in_partition if clients is None else None)
     live = {o.id for o in directory.opportunities}
-    changes += store.drop_engagements_except(live, in_partition)
+    changes.extend(store.drop_engagements_except(live, in_partition))
     if counts:
         summary.meetings_internal = internal_meetings(store, directory) if internal is None else internal
         summary.issues_without_engagement = orphan_issues(store, directory)
@@ -649,12 +651,19 @@ class EarlyUnify:
             client for client in self.candidates - self.clients if not self._projects.get(client, frozenset()) & pending
         )
         if settled:
-            _, changes = unify_and_store(
-                self.store, self.mapping, self.now, counts=False, clients=settled, directory=self.plan.directory
+            # The changes of the groups a failing round stored are reported too (the final unify
+            # finds those engagements as stored).
+            unify_and_store(
+                self.store,
+                self.mapping,
+                self.now,
+                counts=False,
+                clients=settled,
+                directory=self.plan.directory,
+                changes=self.changes,
             )
             self.clients |= settled
             self._rounds.append((upto, settled))
-            self.changes += changes
             self.rounds += 1
         return settled
 

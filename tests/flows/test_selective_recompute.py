@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -475,3 +476,53 @@ def test_a_round_that_fails_leaves_its_clients_to_the_final_unify(
     assert early.failed and early.rounds == 1 and rounds == 2
     assert summary.clients_recomputed is None and summary.clients_during_pull == len(early.clients) > 0
     assert_a_full_unify_changes_nothing(store, mapping, NOW, summary)
+
+
+def test_the_health_changes_of_a_failing_round_are_reported_once(
+    copy_of: Callable[[], Store], org: Records, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stored engagement has another health than it will get: the sync reports one change per
+    engagement, those the failing round stored before it failed included (the final unify finds them
+    as stored, so they were missing from the run's report)."""
+    real = engine.unify_and_store
+    rounds = 0
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal rounds
+        if kwargs.get("counts") is False:
+            rounds += 1
+            if rounds == 2:
+                real(*args, **{**kwargs, "clients": set(sorted(kwargs["clients"])[:1])})
+                raise RuntimeError("disk I/O error")
+        return real(*args, **kwargs)
+
+    reported: list[Any] = []
+    final = recompute
+
+    def recompute_kept(*args: Any, **kwargs: Any) -> Any:
+        summary, changes, figures = final(*args, **kwargs)
+        reported.extend(changes)
+        return summary, changes, figures
+
+    monkeypatch.setattr(engine, "unify_and_store", failing)
+    monkeypatch.setattr(sys.modules[__name__], "recompute", recompute_kept)
+    store = copy_of()
+    store.set_cursor(UNIFY_BASIS)
+    with store.engine.begin() as conn:
+        held = {row.id: row.health for row in conn.execute(select(engagements.c.id, engagements.c.health))}
+        for engagement_id, health in held.items():
+            conn.execute(
+                engagements.update()
+                .where(engagements.c.id == engagement_id)
+                .values(health="red" if health != "red" else "green", digest="stale")
+            )
+    projects = sorted(projects_of(org))
+    early, _ = full_sync_with_rounds(store, org, mapping, NOW, random.Random(1), chunks=[[p] for p in projects])
+    assert early.failed and rounds == 2
+    changed = [c.engagement_id for c in reported if c.previous is not None and c.current is not None]
+    assert sorted(changed) == sorted(held)  # each once
+    assert [(c.previous, c.current) for c in reported if c.engagement_id in held] == [
+        ("red" if held[c.engagement_id] != "red" else "green", held[c.engagement_id])
+        for c in reported
+        if c.engagement_id in held
+    ]
