@@ -451,29 +451,36 @@ def test_a_full_sync_unifies_its_clients_during_the_jira_read(
     assert f"every client's engagements ({len(early.clients)} of them while a slower pull went on" in shown
 
 
-def test_a_round_that_fails_leaves_its_clients_to_the_final_unify(
-    copy_of: Callable[[], Store], org: Records, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The second round stores one client's engagements and fails: the rounds stop, the sync goes on,
-    and the final unify recomputes that round's clients and the rest."""
+def fail_the_second_round(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``unify_and_store`` whose second round (``counts=False``) stores one client's engagements and
+    fails; the rounds so far, in a list of one."""
     real = engine.unify_and_store
-    rounds = 0
+    rounds = [0]
 
     def failing(*args: Any, **kwargs: Any) -> Any:
-        nonlocal rounds
         if kwargs.get("counts") is False:
-            rounds += 1
-            if rounds == 2:
+            rounds[0] += 1
+            if rounds[0] == 2:
                 real(*args, **{**kwargs, "clients": set(sorted(kwargs["clients"])[:1])})
                 raise RuntimeError("disk I/O error")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "unify_and_store", failing)
+    return rounds
+
+
+def test_a_round_that_fails_leaves_its_clients_to_the_final_unify(
+    copy_of: Callable[[], Store], org: Records, mapping: Mapping, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second round stores one client's engagements and fails: the rounds stop, the sync goes on,
+    and the final unify recomputes that round's clients and the rest."""
+    rounds = fail_the_second_round(monkeypatch)
+
     store = copy_of()
     store.set_cursor(UNIFY_BASIS)
     projects = sorted(projects_of(org))
     early, summary = full_sync_with_rounds(store, org, mapping, NOW, random.Random(1), chunks=[[p] for p in projects])
-    assert early.failed and early.rounds == 1 and rounds == 2
+    assert early.failed and early.rounds == 1 and rounds == [2]
     assert summary.clients_recomputed is None and summary.clients_during_pull == len(early.clients) > 0
     assert_a_full_unify_changes_nothing(store, mapping, NOW, summary)
 
@@ -484,17 +491,7 @@ def test_the_health_changes_of_a_failing_round_are_reported_once(
     """Every stored engagement has another health than it will get: the sync reports one change per
     engagement, those the failing round stored before it failed included (the final unify finds them
     as stored, so they were missing from the run's report)."""
-    real = engine.unify_and_store
-    rounds = 0
-
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        nonlocal rounds
-        if kwargs.get("counts") is False:
-            rounds += 1
-            if rounds == 2:
-                real(*args, **{**kwargs, "clients": set(sorted(kwargs["clients"])[:1])})
-                raise RuntimeError("disk I/O error")
-        return real(*args, **kwargs)
+    rounds = fail_the_second_round(monkeypatch)
 
     reported: list[Any] = []
     final = recompute
@@ -504,7 +501,6 @@ def test_the_health_changes_of_a_failing_round_are_reported_once(
         reported.extend(changes)
         return summary, changes, figures
 
-    monkeypatch.setattr(engine, "unify_and_store", failing)
     monkeypatch.setattr(sys.modules[__name__], "recompute", recompute_kept)
     store = copy_of()
     store.set_cursor(UNIFY_BASIS)
@@ -518,7 +514,7 @@ def test_the_health_changes_of_a_failing_round_are_reported_once(
             )
     projects = sorted(projects_of(org))
     early, _ = full_sync_with_rounds(store, org, mapping, NOW, random.Random(1), chunks=[[p] for p in projects])
-    assert early.failed and rounds == 2
+    assert early.failed and rounds == [2]
     changed = [c.engagement_id for c in reported if c.previous is not None and c.current is not None]
     assert sorted(changed) == sorted(held)  # each once
     assert [(c.previous, c.current) for c in reported if c.engagement_id in held] == [
