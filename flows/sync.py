@@ -7,7 +7,7 @@ why), and the run ends with a markdown artifact of counts and an engagement tabl
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,6 +24,7 @@ from flows.report import sync_markdown
 from store import Store
 
 HEALTH_EVENT = "accord.engagement.health-changed"
+JOURNAL_DAYS = 30  # a health event not sent for this long is dropped (events were off all along)
 
 
 def emit_health_events(store: Store, logger: Any = None) -> int:
@@ -32,7 +33,11 @@ def emit_health_events(store: Store, logger: Any = None) -> int:
     notify. Ids and reason codes only: names and reasons stay in Accord. Each event carries its
     journal's id and the time the unify saw the change; a page leaves the journal once Prefect's
     events worker has handled it. Events that cannot be sent here (events are off: no API) stay
-    for a run that can send them. Returns how many were sent."""
+    for a run that can send them, up to ``JOURNAL_DAYS`` (older ones are dropped, and counted in the
+    log). Returns how many were sent."""
+    dropped = store.forget_health_events(datetime.now(UTC) - timedelta(days=JOURNAL_DAYS))
+    if dropped and logger is not None:
+        logger.warning("%d health events older than %d days were never sent; dropped", dropped, JOURNAL_DAYS)
     sent = 0
     while True:
         page = store.health_events()

@@ -926,6 +926,13 @@ class Store:
                 for r in conn.execute(query)
             ]
 
+    def forget_health_events(self, before: datetime) -> int:
+        """Drop journaled transitions computed before ``before`` that were never sent (events off
+        for that long): how many. Keeps the journal bounded where nothing sends it."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(health_journal).where(health_journal.c.occurred < iso(before)))
+            return int(result.rowcount or 0)
+
     def health_events_sent(self, seqs: Sequence[int]) -> None:
         """Drop journaled transitions whose events went out."""
         with self.engine.begin() as conn:

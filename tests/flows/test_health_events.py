@@ -148,3 +148,23 @@ def test_a_unify_that_fails_after_storing_some_groups_loses_no_event_and_repeats
     unify_and_store(store, mapping, LATER)  # the re-run
     assert flows.sync.emit_health_events(store) == len(rows) - before
     assert sorted(e["payload"]["engagement_id"] for e in sent.events) == sorted(r.id for r in rows)
+
+
+def test_events_never_sent_for_a_month_are_dropped(
+    store_factory: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_factory()
+    view = unify(
+        Snapshot.from_records(world_records(generate_world("small", 4, NOW))), load_mapping(DEFAULT_MAPPING), NOW
+    )
+    old, recent = view.engagements[:2]
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(days=flows.sync.JOURNAL_DAYS, hours=1)
+    store.save_engagements([old], long_ago - timedelta(hours=1))
+    store.save_engagements([other_health(old)], long_ago)
+    store.save_engagements([recent], now - timedelta(hours=1))
+    store.save_engagements([other_health(recent)], now)
+    assert len(store.health_events()) == 2
+    sent = Sent().install(monkeypatch)
+    assert flows.sync.emit_health_events(store) == 1
+    assert [e["payload"]["engagement_id"] for e in sent.events] == [recent.id] and store.health_events() == []
