@@ -38,9 +38,9 @@ def emit_health_events(store: Store, logger: Any = None) -> int:
     dropped = store.forget_health_events(datetime.now(UTC) - timedelta(days=JOURNAL_DAYS))
     if dropped and logger is not None:
         logger.warning("%d health events older than %d days were never sent; dropped", dropped, JOURNAL_DAYS)
-    sent = 0
+    sent = last = 0
     while True:
-        page = store.health_events()
+        page = store.health_events(after=last)  # after the last page: each page once, even if not deleted
         handed: list[int] = []
         for change in page:
             event = emit_event(
@@ -65,6 +65,7 @@ def emit_health_events(store: Store, logger: Any = None) -> int:
             events_handled()
             store.health_events_sent(handed)
             sent += len(handed)
+            last = handed[-1]
         if len(handed) < len(page):
             if logger is not None:
                 logger.warning(

@@ -909,9 +909,10 @@ class Store:
                 conn.execute(insert(health_journal), journal)
         return changes
 
-    def health_events(self, limit: int = 500) -> list[HealthEvent]:
-        """The oldest ``limit`` journaled health transitions whose event is not sent yet."""
-        query = select(health_journal).order_by(health_journal.c.seq).limit(limit)
+    def health_events(self, limit: int = 500, after: int = 0) -> list[HealthEvent]:
+        """The oldest ``limit`` journaled health transitions whose event is not sent yet (of those
+        after journal row ``after``)."""
+        query = select(health_journal).where(health_journal.c.seq > after).order_by(health_journal.c.seq).limit(limit)
         with self.engine.connect() as conn:
             return [
                 HealthEvent(

@@ -106,8 +106,11 @@ def test_events_that_cannot_be_sent_stay_for_a_run_that_can(
     refused = Sent(refuse=True).install(monkeypatch)
     assert flows.sync.emit_health_events(store) == 0 and refused.flushed == 0
     sent = Sent().install(monkeypatch)
-    assert flows.sync.emit_health_events(store) == 4
+    page = Store.health_events
+    monkeypatch.setattr(Store, "health_events", lambda self, limit=500, after=0: page(self, 3, after))
+    assert flows.sync.emit_health_events(store) == 4 and sent.flushed == 2  # pages of 3: 3, then 1
     assert [e["id"] for e in sent.events] == journaled  # oldest first, with the journal's ids
+    assert store.health_events() == []
 
 
 def test_a_unify_that_fails_after_storing_some_groups_loses_no_event_and_repeats_none(
