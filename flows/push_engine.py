@@ -573,14 +573,13 @@ class PushReport:
 JIRA_ROUNDS = 10  # a Jira chunk: this many comments per writer thread
 
 
-def chunk_size(target: str, mapping: Mapping, settings: AccordSettings | None = None) -> int:
+def chunk_size(target: str, mapping: Mapping, settings: AccordSettings) -> int:
     """Items per claimed chunk: a batch of the target's API, or for Jira (a comment and a property
     per item, no batch API) ``JIRA_ROUNDS`` items per writer thread. The writer waits for a chunk's
     last item before the next chunk is claimed: chunks of 10 on 4 threads left a thread idle for a
     third of every chunk's last round (the medium push's Jira apply took 19.9 s for a 15 s bound)."""
     if target == "jira":
-        jira = settings.jira if settings is not None else None
-        return JIRA_ROUNDS * (jira.concurrency if jira is not None else 1)
+        return JIRA_ROUNDS * (settings.jira.concurrency if settings.jira is not None else 1)
     return {
         "salesforce": mapping.push.salesforce.batch_size,
         "google_calendar": mapping.push.google_calendar.batch_size,
@@ -631,8 +630,8 @@ def apply_target(
         version, done = planning.now()
         while True:
             since = None if done else planning.since
-            due = store.outbox.iter_due(target, engagements=engagements, planned_since=since)
-            fresh = (i for i in due if i.key not in taken)
+            rows = store.outbox.iter_due(target, engagements=engagements, planned_since=since)
+            fresh = (i for i in rows if i.key not in taken)
             for chunk in chunks(fresh, size):
                 taken.update(i.key for i in chunk)
                 yield chunk
@@ -744,11 +743,11 @@ def apply_concurrently(
     ``targets`` order, and the first error, in that order, is raised after all have finished."""
     if plan is None and len(targets) <= 1:
         return {target: run(target) for target in targets}
-    planning = Planning(iso(datetime.now(UTC)) or "") if plan is not None else None
     futures: dict[str, Future[TargetReport]] = {}
     planned: BaseException | None = None
     with ThreadPoolExecutor(max_workers=max(1, len(targets)), thread_name_prefix="push-apply") as pool:
-        if planning is not None and plan is not None:
+        if plan is not None:
+            planning = Planning(iso(datetime.now(UTC)) or "")
             for target in targets:
                 if target in PIPELINED:
                     context = contextvars.copy_context()

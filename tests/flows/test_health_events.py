@@ -17,7 +17,7 @@ from sqlalchemy import update
 import flows.sync
 from accord.settings import DEFAULT_MAPPING
 from engagement.mapping import load_mapping
-from engagement.model import Engagement, EngagementHealth
+from engagement.model import Engagement, EngagementHealth, UnifiedView
 from engagement.unify import Snapshot, unify
 from flows import engine
 from flows.engine import unify_and_store
@@ -33,6 +33,14 @@ LATER = NOW + timedelta(hours=1)
 def other_health(e: Engagement) -> Engagement:
     level = "red" if e.health.level != "red" else "green"
     return replace(e, health=EngagementHealth(level, e.health.reasons))
+
+
+@pytest.fixture(scope="module")
+def view() -> UnifiedView:
+    """A small org's engagements, unified at NOW."""
+    return unify(
+        Snapshot.from_records(world_records(generate_world("small", 4, NOW))), load_mapping(DEFAULT_MAPPING), NOW
+    )
 
 
 class Sent:
@@ -59,12 +67,9 @@ class Sent:
 
 
 def test_events_for_transitions_only_with_ids_and_no_names(
-    store_factory: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+    store_factory: Callable[[], Store], view: UnifiedView, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_factory()
-    view = unify(
-        Snapshot.from_records(world_records(generate_world("small", 4, NOW))), load_mapping(DEFAULT_MAPPING), NOW
-    )
     first, second, third = view.engagements[:3]
     assert len(store.save_engagements([first, second, third], NOW)) == 3  # first sightings: no event
     moved = other_health(first)
@@ -92,12 +97,9 @@ def test_events_for_transitions_only_with_ids_and_no_names(
 
 
 def test_events_that_cannot_be_sent_stay_for_a_run_that_can(
-    store_factory: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+    store_factory: Callable[[], Store], view: UnifiedView, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_factory()
-    view = unify(
-        Snapshot.from_records(world_records(generate_world("small", 4, NOW))), load_mapping(DEFAULT_MAPPING), NOW
-    )
     group = view.engagements[:4]
     store.save_engagements(group, NOW)
     store.save_engagements([other_health(e) for e in group], LATER)
@@ -154,12 +156,9 @@ def test_a_unify_that_fails_after_storing_some_groups_loses_no_event_and_repeats
 
 
 def test_events_never_sent_for_a_month_are_dropped(
-    store_factory: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+    store_factory: Callable[[], Store], view: UnifiedView, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_factory()
-    view = unify(
-        Snapshot.from_records(world_records(generate_world("small", 4, NOW))), load_mapping(DEFAULT_MAPPING), NOW
-    )
     old, recent = view.engagements[:2]
     now = datetime.now(UTC)
     long_ago = now - timedelta(days=flows.sync.JOURNAL_DAYS, hours=1)
