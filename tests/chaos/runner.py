@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from accord.settings import load_settings
@@ -38,7 +39,12 @@ def main(argv: list[str]) -> int:
     store.create_all()
     try:
         if command == "sync":
-            report = run_sync(settings, mapping, store, full="--full" in argv, reconcile="--reconcile" in argv or None)
+            # --now ISO: the sync's time (its pulls' upper bound, the unify's clock), the same for a
+            # run that is killed and the runs after it
+            now = datetime.fromisoformat(argv[argv.index("--now") + 1]) if "--now" in argv else None
+            report = run_sync(
+                settings, mapping, store, full="--full" in argv, reconcile="--reconcile" in argv or None, now=now
+            )
             print(json.dumps({"failed": [s.error for s in report.failed]}))
             return 1 if report.failed else 0
         if command == "push":
@@ -47,7 +53,8 @@ def main(argv: list[str]) -> int:
             return 1 if result.failed else 0
     finally:
         store.dispose()
-    print(f"usage: python -m tests.chaos.runner sync [--full] [--reconcile] | push (got {argv})", file=sys.stderr)
+    usage = "python -m tests.chaos.runner sync [--full] [--reconcile] [--now ISO] | push"
+    print(f"usage: {usage} (got {argv})", file=sys.stderr)
     return 2
 
 

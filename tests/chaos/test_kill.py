@@ -13,9 +13,12 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from engagement.mapping import Mapping, load_mapping
+from engagement.records import iso
 from engagement.unify import Snapshot, unify
 from flows.engine import run_sync
 from flows.push_engine import plan_push, push
@@ -35,6 +39,8 @@ from tests.flows.test_sync_engine import live
 
 MAPPING_PATH = Path("mappings/default.yaml")
 TRIALS = 12 if FULL else 2  # per kind (sync, push): 24 seeded kills in full mode, 4 in reduced
+HEALTH_TRIALS = 12 if FULL else 2  # kills of an incremental sync that moves engagements' health
+HEALTH_CHANGES = 280  # changed records per API before that sync: about 1% of the medium org's
 LATENCY_MS = 20.0
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,12 +89,17 @@ class Runner:
     def run_and_kill(self, rng: random.Random, requests: int, *args: str) -> bool:
         """Starts a run and kills it with SIGKILL after a seeded number of requests; False if it finished first."""
         target = rng.randint(1, max(1, requests - 1))
-        delay = rng.uniform(0.0, LATENCY_MS / 1000.0)
         since = self.sandbox.log.last_seq
+        return self.kill_when(lambda: self.sandbox.log.last_seq - since >= target, rng, *args)
+
+    def kill_when(self, due: Callable[[], bool], rng: random.Random, *args: str) -> bool:
+        """Starts a run and kills it with SIGKILL once ``due()`` (polled every millisecond), after a
+        seeded delay of up to one request's latency; False if it finished first."""
+        delay = rng.uniform(0.0, LATENCY_MS / 1000.0)
         proc = self.start(*args)
         killed = False
         while proc.poll() is None:
-            if self.sandbox.log.last_seq - since >= target:
+            if due():
                 time.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
                 killed = True
@@ -145,6 +156,103 @@ def test_kill_9_during_sync_then_a_rerun_stores_what_an_uninterrupted_sync_store
         assert kills >= TRIALS  # most kills land mid-run; a run that finished first proves nothing
         assert leak_hits(sandbox, {**baseline.texts, "request log": request_log_text(sandbox)}) == []
         truth.dispose()
+        assert sandbox.emulator_errors() == []
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite store, what its write-ahead log holds included."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+def journaled(path: Path) -> list[tuple[str, str, str, str]]:
+    """The health transitions the store's journal holds (what the next run sends as events)."""
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT engagement_id, previous, current, reason_codes FROM health_journal")
+        return sorted((str(e), str(p), str(c), str(r)) for e, p, c, r in rows)
+
+
+def stored_engagements(path: Path) -> dict[str, tuple[str, str]]:
+    """Engagement id -> (health, digest of the whole engagement) as stored."""
+    with closing(sqlite3.connect(path)) as conn:
+        return {str(i): (str(h), str(d)) for i, h, d in conn.execute("SELECT id, health, digest FROM engagements")}
+
+
+class StoredSince:
+    """Polls how many engagements a run has stored with its stamp so far (a reader beside its writes)."""
+
+    def __init__(self, path: Path, stamp: str) -> None:
+        self.path, self.stamp = path, stamp
+        self.conn: sqlite3.Connection | None = None
+
+    def __call__(self) -> int:
+        if self.conn is None:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        query = "SELECT count(*) FROM engagements WHERE updated_at = ?"
+        return int(self.conn.execute(query, (self.stamp,)).fetchone()[0])
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def test_kill_9_during_an_incremental_sync_then_a_rerun_journals_every_health_transition_once(
+    tmp_path: Path,
+) -> None:
+    """Engagements whose health a sync moves have their transition journaled in the transaction that
+    stores them (``Store.save_engagements``), and the next run sends the journal as events. A sync
+    killed anywhere, in its pull or between the unify's stored groups, then re-run: the journal holds
+    every transition an uninterrupted run journals, each once, and the engagements are stored as that
+    run stores them. The runs share one ``--now``, so health depends on the records alone."""
+    with Sandbox(SandboxOptions(size="medium", seed=54)) as sandbox:
+        base = tmp_path / "base.sqlite"
+        assert Runner(sandbox, f"sqlite:///{base}", tmp_path, {}).run("sync", "--full") == 0
+        sandbox.mutate(HEALTH_CHANGES, seed=7, late_share=0.0)
+        now = datetime.now(UTC)
+        stamp = str(iso(now))  # what the sync's unify writes as its engagements' updated_at
+        latency(sandbox, LATENCY_MS)
+        truth_dir = tmp_path / "truth"
+        truth_dir.mkdir()
+        copy_store(base, truth_dir / "accord.sqlite")
+        args = ("sync", "--now", now.isoformat())
+        started = time.perf_counter()
+        assert Runner(sandbox, f"sqlite:///{truth_dir / 'accord.sqlite'}", truth_dir, {}).run(*args) == 0
+        seconds = time.perf_counter() - started
+        expected = journaled(truth_dir / "accord.sqlite")
+        engagements = stored_engagements(truth_dir / "accord.sqlite")
+        assert len(expected) >= 10, expected  # the changes moved engagements' health
+        with closing(StoredSince(truth_dir / "accord.sqlite", stamp)) as rewritten:
+            stored = rewritten()  # the engagements the sync stores anew (the others did not change)
+        assert stored > len(expected), stored
+        rng = random.Random(5400)
+        kills = 0
+        for trial in range(HEALTH_TRIALS):
+            directory = tmp_path / f"health-{trial}"
+            directory.mkdir()
+            path = directory / "accord.sqlite"
+            copy_store(base, path)
+            runner = Runner(sandbox, f"sqlite:///{path}", directory, {})
+            if trial % 2:  # anywhere in the run: starting up, its pull or its unify
+                deadline = time.perf_counter() + rng.uniform(0.05, 1.0) * seconds
+                kills += runner.kill_when(lambda d=deadline: time.perf_counter() >= d, rng, *args)
+            else:  # in the unify, between its stored groups: once some of its engagements are stored
+                with closing(StoredSince(path, stamp)) as so_far:
+                    some = rng.randint(1, stored - 1)
+                    kills += runner.kill_when(lambda n=some, count=so_far: count() >= n, rng, *args)
+            if trial % 3 == 2:  # and kill the re-run too
+                deadline = time.perf_counter() + rng.uniform(0.05, 1.0) * seconds
+                runner.kill_when(lambda d=deadline: time.perf_counter() >= d, rng, *args)
+            assert runner.run(*args) == 0
+            got = journaled(path)
+            missing = sorted(set(expected) - set(got))
+            FIGURES.add("health_kill_trials")
+            FIGURES.add("health_transitions_compared", len(expected))
+            FIGURES.add("losses", len(missing))
+            FIGURES.add("duplicates", len(got) - len(set(got)))
+            assert got == expected, (trial, missing)
+            assert stored_engagements(path) == engagements, trial
+            assert leak_hits(sandbox, runner.texts) == []
+        assert kills >= HEALTH_TRIALS * 2 // 3, kills
         assert sandbox.emulator_errors() == []
 
 
