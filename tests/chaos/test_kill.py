@@ -39,7 +39,7 @@ from tests.flows.test_sync_engine import live
 
 MAPPING_PATH = Path("mappings/default.yaml")
 TRIALS = 12 if FULL else 2  # per kind (sync, push): 24 seeded kills in full mode, 4 in reduced
-HEALTH_TRIALS = 12 if FULL else 2  # kills of an incremental sync that moves engagements' health
+HEALTH_TRIALS = 12 if FULL else 1  # kills of a sync that moves engagements' health (reduced: between groups)
 HEALTH_CHANGES = 280  # changed records per API before that sync: about 1% of the medium org's
 LATENCY_MS = 20.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,7 +252,7 @@ def test_kill_9_during_an_incremental_sync_then_a_rerun_journals_every_health_tr
             assert got == expected, (trial, missing)
             assert stored_engagements(path) == engagements, trial
             assert leak_hits(sandbox, runner.texts) == []
-        assert kills >= HEALTH_TRIALS * 2 // 3, kills
+        assert kills >= max(1, HEALTH_TRIALS * 2 // 3), kills
         assert sandbox.emulator_errors() == []
 
 
