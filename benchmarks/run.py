@@ -19,16 +19,16 @@ from typing import Any
 
 from benchmarks.child import run_json
 from benchmarks.machine import describe
-from benchmarks.measure import run_size
+from benchmarks.measure import FULL_RUNS, run_size
 from benchmarks.report import growth, markdown, targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ("small", "medium", "large")
 
 
-def run_in_child(size: str, latency_ms: float, seed: int) -> dict[str, Any]:
+def run_in_child(size: str, latency_ms: float, seed: int, full_runs: int = FULL_RUNS) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.run", "--worker", size, "--latency-ms", str(latency_ms)]
-    return run_json([*command, "--seed", str(seed)], f"benchmark of {size}")
+    return run_json([*command, "--seed", str(seed), "--full-runs", str(full_runs)], f"benchmark of {size}")
 
 
 def collect(
@@ -68,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="small,medium", help="comma-separated: small, medium, large")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="latency the sandbox adds to every request")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--full-runs",
+        type=int,
+        default=FULL_RUNS,
+        help="measure the full sync this many times per size (its figures: the run with the median wall)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.md go")
     parser.add_argument("--worker", choices=SIZES, help=argparse.SUPPRESS)  # one size, JSON on stdout
     parser.add_argument(
@@ -85,12 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown(result))
         return 0
     if args.worker:
-        print(json.dumps(run_size(args.worker, latency_ms=args.latency_ms, seed=args.seed)))
+        print(json.dumps(run_size(args.worker, latency_ms=args.latency_ms, seed=args.seed, full_runs=args.full_runs)))
         return 0
     names = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in names if s not in SIZES]
     if unknown or not names:
         parser.error(f"--sizes: expected some of {', '.join(SIZES)}, got {args.sizes!r}")
+    if args.full_runs < 1:
+        parser.error(f"--full-runs: expected 1 or more, got {args.full_runs}")
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     print("bench: machine reference ...", file=sys.stderr, flush=True)
     machine = describe()  # in this process, before any size's child or sandbox runs
@@ -98,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes: dict[str, dict[str, Any]] = {}
     for size in sorted(names, key=SIZES.index):
         print(f"bench: {size} at {args.latency_ms:g} ms ...", file=sys.stderr, flush=True)
-        sizes[size] = run_in_child(size, args.latency_ms, args.seed)
+        sizes[size] = run_in_child(size, args.latency_ms, args.seed, args.full_runs)
         full = sizes[size]["full_sync"]
         print(f"bench: {size}: full sync {full['wall_s']} s (bound {full['bound_s']} s)", file=sys.stderr, flush=True)
     result = collect(sizes, args.latency_ms, args.seed, started_at, machine)

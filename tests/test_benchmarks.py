@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import machine
 from benchmarks import run as bench_run
-from benchmarks.measure import APIS, run_size
+from benchmarks.measure import APIS, FULL_RUNS, median_run, run_size
 from benchmarks.report import markdown, targets
 from benchmarks.run import collect, main, write
 
@@ -63,6 +63,46 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
         assert incremental["children_cpu_s"] < 0.05
     # No unify children in a push (ctypes' find_library may run ldconfig: milliseconds).
     assert small["push"]["children_cpu_s"] < 0.05 and small["push"]["children_peak_rss_mb"] == 0.0
+
+
+def test_the_full_sync_is_the_median_of_its_runs(small: dict[str, Any]) -> None:
+    """The full sync runs FULL_RUNS times, each into an empty store: its figures are the run's with the
+    median wall, and each run's are kept."""
+    full = small["full_sync"]
+    runs = full["runs"]
+    assert len(runs) == FULL_RUNS == 3
+    assert sorted(r["wall_s"] for r in runs)[1] == full["wall_s"]
+    middle = next(r for r in runs if r["wall_s"] == full["wall_s"])
+    assert (middle["bound_ratio"], middle["cpu_s"], middle["calls"]) == (
+        full["bound_ratio"],
+        full["cpu_s"],
+        full["calls_total"]["all"],
+    )
+    for run in runs:  # each a whole full sync of the same org: every page read again
+        assert run["calls"] >= full["min_calls_total"]["all"] and run["cpu_s"] > 0
+        assert run["bound_ratio"] == round(run["wall_s"] / full["bound_s"], 3)
+    table = markdown(collect({"small": small}, LATENCY_MS, 3, "now")).splitlines()
+    label = "| wall / bound of each run (the figures: the median run's) | "
+    row = next(line for line in table if line.startswith(label))
+    shown = [float(cell.replace(",", "")) for cell in row.removeprefix(label).rstrip(" |").split(" / ")]
+    assert shown == pytest.approx([r["bound_ratio"] for r in runs], rel=0.01)
+    why = targets({"small": small}, "small")["full_sync_within_1.3x_bound"]["why"]
+    assert why.startswith("the median of 3 runs (walls ")
+
+
+@pytest.mark.parametrize(
+    ("walls", "median"), [([3.0, 1.0, 2.0], 2.0), ([4.0, 1.0], 4.0), ([1.0, 2.0, 4.0, 3.0], 3.0), ([5.0], 5.0)]
+)
+def test_the_median_run_of_an_even_number_is_the_slower_middle_one(walls: list[float], median: float) -> None:
+    runs = [{"wall_s": wall, "n": n} for n, wall in enumerate(walls)]
+    assert median_run(runs)["wall_s"] == median
+
+
+def test_the_bench_refuses_fewer_than_one_full_run() -> None:
+    with pytest.raises(SystemExit):
+        main(["--full-runs", "0", "--sizes", "small"])
+    with pytest.raises(ValueError, match="full_runs must be at least 1"):
+        run_size("small", latency_ms=LATENCY_MS, full_runs=0)
 
 
 def test_figures_are_computed_from_the_measurements(small: dict[str, Any]) -> None:
@@ -233,16 +273,19 @@ def test_the_bench_measures_the_machine_once_before_the_sizes(
         events.append("machine")
         return MACHINE
 
-    def run_in_child(size: str, latency_ms: float, seed: int) -> dict[str, Any]:
-        events.append(size)
+    def run_in_child(size: str, latency_ms: float, seed: int, full_runs: int) -> dict[str, Any]:
+        events.append(f"{size} x{full_runs}")
         return _sizes(6.0)["medium"]
 
     monkeypatch.setattr(bench_run, "describe", describe)
     monkeypatch.setattr(bench_run, "run_in_child", run_in_child)
     assert main(["--sizes", "small,medium", "--out", str(tmp_path)]) == 0
-    assert events == ["machine", "small", "medium"]
+    assert events == ["machine", "small x3", "medium x3"]
     assert json.loads((tmp_path / "latest.json").read_text())["machine"] == MACHINE
     assert "Machine reference: 1.234 s" in capsys.readouterr().out
+    events.clear()
+    assert main(["--sizes", "medium", "--full-runs", "1", "--out", str(tmp_path)]) == 0
+    assert events == ["machine", "medium x1"]
 
 
 @pytest.mark.parametrize("floor", [None, {"wall_s": 7.0, "cpu_s": 7.9, "sandbox_cpu_s": 1.4, "after_pull_s": 1.35}])
