@@ -16,8 +16,10 @@ import json
 import logging
 import math
 import resource
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +29,8 @@ from typing import Any, TypeVar
 from accord.settings import DEFAULT_MAPPING, AccordSettings
 from benchmarks.child import run_json
 from benchmarks.sandbox_process import SandboxProcess
+from connectors.jira import jql
+from connectors.jira.connector import MAX_KEYS_PER_QUERY, JiraConnector
 from engagement.mapping import Mapping, load_mapping
 from flows.engine import SyncReport, run_sync
 from flows.memory import release_free_memory
@@ -39,8 +43,9 @@ APIS = ("salesforce", "jira", "google_calendar")
 CHANGED_SHARE = 0.01  # the incremental sync runs after this share of the records changed
 JIRA_PROJECT_PAGE = 50  # project/search page size (connectors.jira.connector.PROJECT_PAGE_SIZE)
 CALENDAR_LIST_PAGE = 250  # calendarList.list answers at most 250 a page
-PHASES = ("full", "incremental", "push")
+PHASES = ("full", "incremental", "push", "requests")
 FULL_RUNS = 3  # the full sync is measured this many times; its figures are the median run's
+FLOOR_PAGES = 40  # pages per chain of the request floor (``request_floor``)
 Streams = dict[str, dict[str, dict[str, int]]]  # source -> stream -> {"pulled": n, "partitions": n}
 
 
@@ -223,9 +228,13 @@ def _checked(report: SyncReport) -> SyncReport:
 
 
 # -- one phase, in a process of its own ----------------------------------------------------------------
-def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_path: Path) -> dict[str, Any]:
+def run_phase(
+    phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_path: Path, pages: int = FLOOR_PAGES
+) -> dict[str, Any]:
     """One phase against the store and sandbox, measured in this process (call it in a fresh one):
     the figures and what the minimum calls are computed from (never a credential)."""
+    if phase == "requests":
+        return run_requests(sandbox_info, mapping_path, pages)
     mapping = load_mapping(mapping_path)
     store = Store(store_url)
     settings = AccordSettings(database_url=store_url, sandbox_control=None).with_sandbox(sandbox_info)
@@ -266,6 +275,87 @@ def run_phase(phase: str, store_url: str, sandbox_info: dict[str, Any], mapping_
         }
     finally:
         store.dispose()
+
+
+# -- the request floor: what one request of the slowest pull costs with nothing else to do ------------
+def _search_chain(connector: JiraConnector, chunks: list[list[str]], pages: int, page_size: int) -> list[float]:
+    """Seconds of each of up to ``pages`` Jira search pages read one after the other (the reader's
+    own request and decode, ``JiraConnector.search_pages``), through ``chunks`` of project keys."""
+    times: list[float] = []
+    for chunk in chunks:
+        query = f"{jql.project_in(chunk)} ORDER BY key ASC"
+        reading = connector.search_pages(
+            query, fields=connector.fields, page_size=page_size, reconcile=(), what="measure requests"
+        )
+        while len(times) < pages:
+            started = time.perf_counter()
+            if next(reading, None) is None:
+                break
+            times.append(time.perf_counter() - started)
+        if len(times) >= pages:
+            break
+    return times
+
+
+def run_requests(sandbox_info: dict[str, Any], mapping_path: Path, pages: int) -> dict[str, Any]:
+    """Jira's search requests as the full read makes them (the same queries, fields and page size), but
+    nothing done with the pages: one chain alone, then ``concurrency`` chains on threads of this one
+    process, as the reader runs them. Milliseconds per request (the mean), and how many were made."""
+    mapping = load_mapping(mapping_path)
+    settings = AccordSettings(database_url="sqlite://", sandbox_control=None).with_sandbox(sandbox_info)
+    assert settings.jira is not None
+    chains = settings.jira.concurrency
+    connector = JiraConnector(settings.jira, mapping)
+    try:
+        keys = connector.project_keys()
+        chunks = [keys[i : i + MAX_KEYS_PER_QUERY] for i in range(0, len(keys), MAX_KEYS_PER_QUERY)]
+        page_size = mapping.jira.page_size
+        _search_chain(connector, chunks, 1, page_size)  # the connection and the client, as a warm reader has
+        alone = _search_chain(connector, chunks, pages, page_size)
+        results: list[list[float]] = [[] for _ in range(chains)]
+
+        def chain(n: int) -> None:
+            results[n] = _search_chain(connector, chunks[n::chains], pages, page_size)
+
+        threads = [threading.Thread(target=chain, args=(n,)) for n in range(chains)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+    finally:
+        connector.close()
+    together = sum(len(r) for r in results)
+    return {
+        "api": "jira",
+        "one_chain_ms": round(statistics.fmean(alone) * 1000, 1) if alone else None,
+        "one_chain_requests": len(alone),
+        "chains": chains,
+        # Each chain's requests follow one another: the wall over the requests of the longest chain.
+        "chains_ms": round(wall / max(len(r) for r in results) * 1000, 1) if together else None,
+        "chains_requests": together,
+    }
+
+
+def request_floor(
+    sandbox: SandboxProcess, mapping_path: Path, latency_ms: float, pages: int = FLOOR_PAGES
+) -> dict[str, Any]:
+    """``run_requests`` in a fresh interpreter against the bench's sandbox, with the sandbox's own time
+    for those requests (its request log: the latency it adds and its answer, the mean)."""
+    since = sandbox.control.summary()["last_seq"]
+    command = [sys.executable, "-m", "benchmarks.measure", "--phase", "requests", "--store", "-"]
+    result = run_json(
+        [*command, "--mapping", str(mapping_path), "--pages", str(pages)],
+        "request floor",
+        input=json.dumps(sandbox.info),
+    )
+    searches = [
+        r["duration_ms"] for r in sandbox.control.requests("jira", since)["requests"] if r["endpoint"] == "search_jql"
+    ]
+    result["server_ms"] = round(statistics.fmean(searches), 1) if searches else None
+    result["latency_ms"] = latency_ms
+    return result
 
 
 def phase_in_child(phase: str, store_url: str, sandbox: SandboxProcess, mapping_path: Path) -> dict[str, Any]:
@@ -374,6 +464,8 @@ def run_size(
         full_phase = dict(median_run(runs))
         full_phase["runs"] = [run_summary(run) for run in runs]
         full_phase["floor"] = floor
+        # What one of the slowest pull's requests costs at best: after the syncs, with nothing else running.
+        full_phase["request_floor"] = request_floor(sandbox, mapping_path, latency_ms) if latency_ms > 0 else None
         pulled = int(full_phase["records"])
 
         count = max(1, round(CHANGED_SHARE * pulled / len(APIS)))
@@ -429,10 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--phase", choices=PHASES, required=True)
     parser.add_argument("--store", required=True, help="the store's database URL")
     parser.add_argument("--mapping", type=Path, default=DEFAULT_MAPPING)
+    parser.add_argument("--pages", type=int, default=FLOOR_PAGES, help="pages per chain (--phase requests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     info = json.loads(sys.stdin.read())  # the sandbox's address and credentials: never printed
-    print(json.dumps(run_phase(args.phase, args.store, info, args.mapping)))
+    print(json.dumps(run_phase(args.phase, args.store, info, args.mapping, args.pages)))
     return 0
 
 

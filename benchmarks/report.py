@@ -58,6 +58,35 @@ def _lock_waits(api: str, in_child: list[str] | None) -> str:
     return "waits for the interpreter lock the other pulls hold"
 
 
+def _request_floor_why(full: dict[str, Any], slowest: str) -> str:
+    """What one request of the slowest pull costs at best (``benchmarks.measure.request_floor``), against
+    the latency: the part of the slowest pull's excess that no change to what Accord does with the pages
+    removes; and whether that alone, with the wall after the pull, is over the target."""
+    measured = full.get("request_floor")
+    if not measured or measured.get("api") != slowest or not measured.get("one_chain_ms"):
+        return ""
+    latency, bound = measured["latency_ms"], full["bound_s_by_api"][slowest]
+    alone, chains = measured["one_chain_ms"], measured.get("chains_ms")
+    text = (
+        f". Its requests alone, each page read and decoded and nothing else done, after the syncs: "
+        f"{alone} ms each in one chain ({round(alone / latency, 2)}x the latency; the sandbox's own time "
+        f"{measured.get('server_ms', 'n/a')} ms of it)"
+    )
+    if chains:
+        least = round(chains / latency * bound + float(full.get("after_pull_s") or 0.0), 2)
+        text += (
+            f", {chains} ms in {measured['chains']} chains on threads of one process, as the reader runs them "
+            f"({round(chains / latency, 2)}x): at that pace the pull alone, plus the wall after it, takes "
+            f"{least} s, {round(least / full['bound_s'], 2)}x the bound"
+        )
+        if least > FULL_SYNC_BOUND_MAX * full["bound_s"]:
+            text += (
+                f", over the target of {FULL_SYNC_BOUND_MAX}x before any record is stored or any other pull "
+                "shares the cores"
+            )
+    return text
+
+
 def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
     """What the wall is made of: the slowest API's pull against its own bound (its requests follow one
     another, page token after page token, ``concurrency`` chains at a time), the wall after the pull,
@@ -77,6 +106,7 @@ def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> s
             f"{_lock_waits(slowest, full.get('pulled_in_child'))}); then {full.get('after_pull_s', 'n/a')} s "
             f"after the pull (unify in {full.get('unify_processes', 1)} processes)"
         )
+        parts.append(_request_floor_why(full, slowest))
     floor = full.get("floor")
     if floor and full["bound_s"] > 0:  # no floor (and no bound) at 0 ms: the run itself is the floor
         parts.append(
@@ -183,6 +213,8 @@ ROWS = (
     ("clients whose engagements were recomputed (n/a: all)", "clients_recomputed"),
     ("of which unified during the pull (n/a: not measured)", "clients_during_pull"),
     ("wall with no latency (s)", "floor.wall_s"),
+    ("a Jira search request alone, one chain (ms)", "request_floor.one_chain_ms"),
+    ("a Jira search request in the concurrency's chains, one process (ms)", "request_floor.chains_ms"),
     ("records per CPU-second", "records_per_cpu_s"),
     ("peak RSS in the phase (MB)", "peak_rss_mb"),
     ("peak RSS of the unify children (MB)", "children_peak_rss_mb"),

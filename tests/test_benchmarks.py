@@ -37,6 +37,11 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
     # timing decides), none in the incremental one (only a full read says what it has pending).
     assert small["full_sync"]["clients_recomputed"] is None and small["full_sync"]["clients_during_pull"] >= 0
     assert small["incremental_sync"]["clients_during_pull"] == 0
+    requests = small["full_sync"]["request_floor"]  # Jira's search requests alone, after the syncs
+    assert requests["api"] == "jira" and requests["latency_ms"] == LATENCY_MS
+    assert requests["one_chain_requests"] >= 1 and requests["chains_requests"] >= 1
+    assert requests["one_chain_ms"] > LATENCY_MS and requests["chains_ms"] > LATENCY_MS
+    assert requests["server_ms"] >= LATENCY_MS  # the sandbox's log: the latency it added, and its answer
     floor = small["full_sync"]["floor"]  # the same full sync at 0 ms, in a store of its own
     assert floor["records"] == small["full_sync"]["records"] and floor["cpu_s"] > 0
     assert small["full_sync"]["sandbox_cpu_s"] > 0  # clock ticks of 10 ms: the full sync's calls take several
@@ -176,6 +181,33 @@ def test_the_full_sync_why_names_the_slowest_chain_and_what_the_floor_says(floor
     assert "jira's, took 9.6 s, 1.5x its own bound of 6.4 s" in why
     assert "then 1.4 s after the pull (unify in 2 processes)" in why
     assert verdict in why
+
+
+@pytest.mark.parametrize(("chains_ms", "over"), [(61.7, True), (55.0, False)])
+def test_the_full_sync_why_gives_what_a_request_of_the_slowest_pull_costs_alone(chains_ms: float, over: bool) -> None:
+    """At 61.7 ms a request, Jira's 6.4 s bound at 50 ms takes 7.9 s, with the 1.4 s after the pull 9.3 s:
+    1.45x, over 1.3x whatever else the sync does; at 55 ms, 7.04 + 1.4 = 8.44 s = 1.32x, also over;
+    the second case is at 1.2 s after the pull: 7.04 + 1.2 = 8.24 s = 1.29x, within."""
+    sizes = _sizes(7.0)
+    full = sizes["medium"]["full_sync"]
+    full["request_floor"] = {
+        "api": "jira",
+        "latency_ms": 50.0,
+        "one_chain_ms": 58.0,
+        "chains": 4,
+        "chains_ms": chains_ms,
+        "server_ms": 52.5,
+    }
+    if not over:
+        full["after_pull_s"] = 1.2
+    why = targets(sizes, "medium")["full_sync_within_1.3x_bound"]["why"]
+    assert "58.0 ms each in one chain (1.16x the latency; the sandbox's own time 52.5 ms of it)" in why
+    assert f"{chains_ms} ms in 4 chains on threads of one process" in why
+    least = round(chains_ms / 50.0 * 6.4 + full["after_pull_s"], 2)
+    assert f"takes {least} s, {round(least / 6.4, 2)}x the bound" in why
+    assert ("over the target of 1.3x before any record is stored" in why) is over
+    full["request_floor"]["api"] = "google_calendar"  # not the slowest pull's: not a floor of this wall
+    assert "in one chain" not in targets(sizes, "medium")["full_sync_within_1.3x_bound"]["why"]
 
 
 @pytest.mark.parametrize("in_child", [True, False])
