@@ -185,9 +185,9 @@ def test_the_full_sync_why_names_the_slowest_chain_and_what_the_floor_says(floor
 
 @pytest.mark.parametrize(("chains_ms", "over"), [(61.7, True), (55.0, False)])
 def test_the_full_sync_why_gives_what_a_request_of_the_slowest_pull_costs_alone(chains_ms: float, over: bool) -> None:
-    """At 61.7 ms a request, Jira's 6.4 s bound at 50 ms takes 7.9 s, with the 1.4 s after the pull 9.3 s:
-    1.45x, over 1.3x whatever else the sync does; at 55 ms, 7.04 + 1.4 = 8.44 s = 1.32x, also over;
-    the second case is at 1.2 s after the pull: 7.04 + 1.2 = 8.24 s = 1.29x, within."""
+    """At 61.7 ms a request, Jira's 6.4 s bound (at 50 ms) takes 7.9 s, plus 1.4 s after the pull 9.3 s =
+    1.45x: over 1.3x whatever else the sync does. At 55 ms with 1.2 s after the pull, 7.04 + 1.2 =
+    8.24 s = 1.29x: within."""
     sizes = _sizes(7.0)
     full = sizes["medium"]["full_sync"]
     full["request_floor"] = {
