@@ -109,8 +109,10 @@ def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> s
         parts.append(_request_floor_why(full, slowest))
     floor = full.get("floor")
     if floor and full["bound_s"] > 0:  # no floor (and no bound) at 0 ms: the run itself is the floor
+        walls = floor.get("runs_wall_s") or []
+        runs = f", the median of {len(walls)} runs ({', '.join(_fmt(w) for w in walls)} s)," if len(walls) > 1 else ""
         parts.append(
-            f". With no latency at all the same full sync takes {floor['wall_s']} s (Accord {floor['cpu_s']} s "
+            f". With no latency at all the same full sync takes {floor['wall_s']} s{runs} (Accord {floor['cpu_s']} s "
             f"CPU, sandbox {floor['sandbox_cpu_s']} s, {floor['after_pull_s']} s after the pull)"
         )
         floor_ratio = floor["wall_s"] / full["bound_s"]

@@ -42,8 +42,9 @@ def test_each_phase_has_every_figure(small: dict[str, Any]) -> None:
     assert requests["one_chain_requests"] >= 1 and requests["chains_requests"] >= 1
     assert requests["one_chain_ms"] > LATENCY_MS and requests["chains_ms"] > LATENCY_MS
     assert requests["server_ms"] >= LATENCY_MS  # the sandbox's log: the latency it added, and its answer
-    floor = small["full_sync"]["floor"]  # the same full sync at 0 ms, in a store of its own
+    floor = small["full_sync"]["floor"]  # the same full sync at 0 ms, each run in a store of its own
     assert floor["records"] == small["full_sync"]["records"] and floor["cpu_s"] > 0
+    assert len(floor["runs_wall_s"]) == FULL_RUNS and sorted(floor["runs_wall_s"])[1] == floor["wall_s"]
     assert small["full_sync"]["sandbox_cpu_s"] > 0  # clock ticks of 10 ms: the full sync's calls take several
     # Each phase is a process of its own: the size's peak is the largest phase's, with its unify
     # children's (the syncs unify in two processes on a machine of two cores or more).
@@ -93,6 +94,7 @@ def test_the_full_sync_is_the_median_of_its_runs(small: dict[str, Any]) -> None:
     assert shown == pytest.approx([r["bound_ratio"] for r in runs], rel=0.01)
     why = targets({"small": small}, "small")["full_sync_within_1.3x_bound"]["why"]
     assert why.startswith("the median of 3 runs (walls ")
+    assert f"With no latency at all the same full sync takes {full['floor']['wall_s']} s, the median of 3 runs (" in why
 
 
 @pytest.mark.parametrize(
