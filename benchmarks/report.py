@@ -77,7 +77,7 @@ def _request_floor_why(full: dict[str, Any], slowest: str) -> str:
         text += (
             f", {chains} ms in {measured['chains']} chains on threads of one process, as the reader runs them "
             f"({round(chains / latency, 2)}x): at that pace the pull alone, plus the wall after it, takes "
-            f"{least} s, {round(least / full['bound_s'], 2)}x the bound"
+            f"{least} s, {round(least / full['bound_s'], 3)}x the bound"
         )
         if least > FULL_SYNC_BOUND_MAX * full["bound_s"]:
             text += (
@@ -110,9 +110,9 @@ def _floor_why(full: dict[str, Any], machine: dict[str, Any] | None = None) -> s
     floor = full.get("floor")
     if floor and full["bound_s"] > 0:  # no floor (and no bound) at 0 ms: the run itself is the floor
         walls = floor.get("runs_wall_s") or []
-        runs = f", the median of {len(walls)} runs ({', '.join(_fmt(w) for w in walls)} s)," if len(walls) > 1 else ""
+        runs = f"the median of {len(walls)} runs: {', '.join(_fmt(w) for w in walls)} s; " if len(walls) > 1 else ""
         parts.append(
-            f". With no latency at all the same full sync takes {floor['wall_s']} s{runs} (Accord {floor['cpu_s']} s "
+            f". With no latency at all the same full sync takes {floor['wall_s']} s ({runs}Accord {floor['cpu_s']} s "
             f"CPU, sandbox {floor['sandbox_cpu_s']} s, {floor['after_pull_s']} s after the pull)"
         )
         floor_ratio = floor["wall_s"] / full["bound_s"]

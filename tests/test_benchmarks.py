@@ -94,7 +94,7 @@ def test_the_full_sync_is_the_median_of_its_runs(small: dict[str, Any]) -> None:
     assert shown == pytest.approx([r["bound_ratio"] for r in runs], rel=0.01)
     why = targets({"small": small}, "small")["full_sync_within_1.3x_bound"]["why"]
     assert why.startswith("the median of 3 runs (walls ")
-    assert f"With no latency at all the same full sync takes {full['floor']['wall_s']} s, the median of 3 runs (" in why
+    assert f"With no latency at all the same full sync takes {full['floor']['wall_s']} s (the median of 3 runs: " in why
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_the_full_sync_why_gives_what_a_request_of_the_slowest_pull_costs_alone(
     assert "58.0 ms each in one chain (1.16x the latency; the sandbox's own time 52.5 ms of it)" in why
     assert f"{chains_ms} ms in 4 chains on threads of one process" in why
     least = round(chains_ms / 50.0 * 6.4 + full["after_pull_s"], 2)
-    assert f"takes {least} s, {round(least / 6.4, 2)}x the bound" in why
+    assert f"takes {least} s, {round(least / 6.4, 3)}x the bound" in why
     assert ("over the target of 1.3x before any record is stored" in why) is over
     full["request_floor"]["api"] = "google_calendar"  # not the slowest pull's: not a floor of this wall
     assert "in one chain" not in targets(sizes, "medium")["full_sync_within_1.3x_bound"]["why"]
