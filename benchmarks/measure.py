@@ -370,6 +370,21 @@ def phase_in_child(phase: str, store_url: str, sandbox: SandboxProcess, mapping_
     return result
 
 
+def empty_store(path: Path) -> str:
+    """A new SQLite store at ``path`` with its tables; its URL."""
+    url = f"sqlite:///{path}"
+    store = Store(url)
+    store.create_all()
+    store.dispose()
+    return url
+
+
+def drop_store(path: Path) -> None:
+    """A SQLite store's files: the database, its write-ahead log and shared memory."""
+    for kept in path.parent.glob(path.name + "*"):
+        kept.unlink()
+
+
 def cpu_floor(
     sandbox: SandboxProcess, path: Path, mapping_path: Path, latency_ms: float, runs: int = 1
 ) -> dict[str, Any]:
@@ -383,13 +398,8 @@ def cpu_floor(
     try:
         for n in range(runs):
             run_path = path.with_name(f"{path.stem}-{n}{path.suffix}")
-            url = f"sqlite:///{run_path}"
-            store = Store(url)
-            store.create_all()
-            store.dispose()
-            result = phase_in_child("full", url, sandbox, mapping_path)
-            for kept in run_path.parent.glob(run_path.name + "*"):  # the store, its WAL and shared memory
-                kept.unlink()
+            result = phase_in_child("full", empty_store(run_path), sandbox, mapping_path)
+            drop_store(run_path)
             figures = result["figures"]
             floors.append(
                 {
@@ -457,10 +467,7 @@ def run_size(
         runs: list[dict[str, Any]] = []
         for n in range(full_runs):
             path = Path(tmp) / ("bench.sqlite" if n == full_runs - 1 else f"full-{n}.sqlite")
-            run_url = f"sqlite:///{path}"
-            store = Store(run_url)
-            store.create_all()
-            store.dispose()
+            run_url = empty_store(path)
             since = control.summary()["last_seq"]
             full = phase_in_child("full", run_url, sandbox, mapping_path)
             figures = phase_figures(
@@ -474,8 +481,7 @@ def run_size(
             figures.update(full["split"])
             runs.append(figures)
             if n < full_runs - 1:
-                for kept in path.parent.glob(path.name + "*"):  # the store, its WAL and shared memory
-                    kept.unlink()
+                drop_store(path)
         full_phase = dict(median_run(runs))
         full_phase["runs"] = [run_summary(run) for run in runs]
         full_phase["floor"] = floor

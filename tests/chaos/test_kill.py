@@ -182,18 +182,15 @@ class StoredSince:
     """Polls how many engagements a run has stored with its stamp so far (a reader beside its writes)."""
 
     def __init__(self, path: Path, stamp: str) -> None:
-        self.path, self.stamp = path, stamp
-        self.conn: sqlite3.Connection | None = None
+        self.stamp = stamp
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
     def __call__(self) -> int:
-        if self.conn is None:
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         query = "SELECT count(*) FROM engagements WHERE updated_at = ?"
         return int(self.conn.execute(query, (self.stamp,)).fetchone()[0])
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        self.conn.close()
 
 
 def test_kill_9_during_an_incremental_sync_then_a_rerun_journals_every_health_transition_once(
